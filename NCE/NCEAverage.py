@@ -1,0 +1,192 @@
+"""Contrast memories: CMC's two-view memory bank, InsDis' memory bank and MoCo's queue.
+
+The three share one set of mechanics (functions below and `ContrastMemory`):
+- contrast indices: column 0 the positive y, K uniform negatives that never include y;
+- scoring a feature against memory rows: dot products, B x (K+1);
+- calibration: softmax mode divides by T; NCE mode takes exp(dot / T) / Z with Z estimated on the first batch
+  (Wu et al. 2018, Sec. 3.2: Z ~= n E_j[exp(v_j . f / T)]), then frozen (reference) or a running average (z_momentum);
+- memory update: memory[y] = normalise(m memory[y] + (1 - m) feature) (memory bank of Wu et al. 2018, Sec. 3.1,
+  with CMC's momentum, Sec. 3.4).
+A module with any number of views is a loop over (feature, memory, Z slot) triples.
+
+No host sync in any forward: hyper-parameters stay device tensors, the first-call test of Z is a torch.where.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .alias_multinomial import sample_contrast_indices
+
+__all__ = ['ContrastMemory', 'NCEAverage', 'MemoryInsDis', 'MemoryMoCo', 'score_against_memory', 'momentum_update_',
+           'init_memory']
+
+
+def init_memory(num_rows, dim):
+    """Memory bank init of the reference: uniform in [-s, s], s = 1 / sqrt(dim / 3) (unit expected row norm)."""
+    bound = 1. / math.sqrt(dim / 3)
+    return torch.rand(num_rows, dim).mul_(2 * bound).add_(-bound)  # num_rows x dim
+
+
+def score_against_memory(feature, memory, idx):
+    """Dot products v_idx . f (Wu et al. 2018, Sec. 3.1, before / T): feature B x D, idx B x (K+1) -> B x (K+1).
+
+    Computed in the memory's dtype so NCE's exp(dot / T) (up to e^14 at T = 0.07) never overflows under autocast.
+    """
+    batch_size = feature.size(0)
+    rows = memory[idx]  # B x (K+1) x D, a gathered copy: later in-place memory writes do not touch it
+    dots = torch.bmm(rows, feature.reshape(batch_size, -1, 1).to(memory.dtype))  # B x (K+1) x 1
+    return dots.reshape(batch_size, -1).to(memory.dtype)  # B x (K+1)
+
+
+@torch.no_grad()
+def momentum_update_(memory, y, feature, momentum):
+    """memory[y] <- normalise(momentum * memory[y] + (1 - momentum) * feature), in place, no gradient.
+
+    (Wu et al. 2018, Sec. 3.1 memory bank; CMC Sec. 3.4 momentum update, one memory per view.)
+    """
+    mixed = memory[y] * momentum + feature.detach().reshape(y.numel(), -1).to(memory.dtype) * (1 - momentum)  # B x D
+    memory.index_copy_(0, y, F.normalize(mixed, dim=1))
+
+
+class ContrastMemory(nn.Module):
+    """Shared mechanics of the contrast modules (sampling, calibration with Z, momentum update).
+
+    Subclasses register a float buffer `params` holding their Z slot(s); `outputSize` is the data-set size n used in
+    Z ~= n E[exp(dot / T)] (Wu et al. 2018, Sec. 3.2) and as the range of the negatives.
+    """
+
+    def __init__(self, outputSize, K, use_softmax=False, z_momentum=None):
+        super().__init__()
+        if z_momentum is not None and not 0 <= z_momentum <= 1:
+            raise ValueError(f"z_momentum must be in [0, 1] or None, got {z_momentum}")
+        self.outputSize = outputSize
+        self.K = K
+        self.use_softmax = use_softmax
+        self.z_momentum = z_momentum
+
+    def contrast_indices(self, y, idx=None):
+        """idx as given, else B x (K+1) uniform indices with column 0 = y and y never among its negatives."""
+        if idx is not None:
+            return idx
+        return sample_contrast_indices(y, self.K, self.outputSize)
+
+    def calibrate(self, dots, temperature, z_slot):
+        """Scores from dot products (B x (K+1)): dots / T (softmax) or exp(dots / T) / Z (NCE, Wu et al. Sec. 3.2).
+
+        Z = params[z_slot] (< 0 means unset) is set on the first call to mean(exp(dots / T)) * outputSize, then kept
+        (default) or averaged: Z <- z_momentum * Z + (1 - z_momentum) * estimate. The current call uses the new Z.
+        No gradient flows through Z (the reference used it as a Python float).
+        """
+        if self.use_softmax:
+            return dots / temperature  # B x (K+1)
+        exp_scores = torch.exp(dots / temperature)  # B x (K+1)
+        with torch.no_grad():
+            estimate = exp_scores.mean() * self.outputSize
+            z_current = self.params[z_slot]
+            z_kept = z_current if self.z_momentum is None else \
+                self.z_momentum * z_current + (1 - self.z_momentum) * estimate
+            z = torch.where(z_current < 0, estimate, z_kept).to(self.params.dtype)  # fresh tensor, not a view
+            self.params[z_slot] = z
+        return exp_scores / z  # B x (K+1)
+
+    def extra_repr(self):
+        return (f"outputSize={self.outputSize}, K={self.K}, use_softmax={self.use_softmax}, "
+                f"z_momentum={self.z_momentum}")
+
+
+class NCEAverage(ContrastMemory):
+    """CMC two-view memory bank (Tian et al. 2019, Contrastive Multiview Coding, Sec. 3.2-3.4).
+
+    Each view's feature is scored against the *other* view's memory: out_l = l . memory_ab[idx],
+    out_ab = ab . memory_l[idx]. Buffers (reference names): params = [K, T, Z_l, Z_ab, momentum], memory_l, memory_ab.
+    """
+
+    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None):
+        super().__init__(outputSize, K, use_softmax, z_momentum)
+        self.register_buffer('params', torch.tensor([K, T, -1., -1., momentum]))
+        self.register_buffer('memory_l', init_memory(outputSize, inputSize))
+        self.register_buffer('memory_ab', init_memory(outputSize, inputSize))
+
+    def forward(self, l, ab, y, idx=None):
+        """l, ab: B x D features; y: B long indices. Returns (out_l, out_ab), each B x (K+1) x 1."""
+        y = y.reshape(-1)
+        idx = self.contrast_indices(y, idx)  # B x (K+1)
+        # clones: `params` is written in place below (Z), and autograd keeps the divisor T for backward
+        temperature, momentum = self.params[1].clone(), self.params[4].clone()
+        out_l = self.calibrate(score_against_memory(l, self.memory_ab, idx), temperature, 2)  # B x (K+1)
+        out_ab = self.calibrate(score_against_memory(ab, self.memory_l, idx), temperature, 3)  # B x (K+1)
+        for memory, feature in ((self.memory_l, l), (self.memory_ab, ab)):
+            momentum_update_(memory, y, feature, momentum)
+        return out_l.unsqueeze(-1), out_ab.unsqueeze(-1)  # B x (K+1) x 1 each
+
+
+class MemoryInsDis(ContrastMemory):
+    """Instance discrimination memory bank (Wu et al. 2018, Unsupervised Feature Learning via Non-Parametric
+    Instance Discrimination, Sec. 3.1-3.2). Buffers (reference names): params = [K, T, Z, momentum], memory.
+    """
+
+    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None):
+        super().__init__(outputSize, K, use_softmax, z_momentum)
+        self.register_buffer('params', torch.tensor([K, T, -1., momentum]))
+        self.register_buffer('memory', init_memory(outputSize, inputSize))
+
+    def forward(self, x, y, idx=None):
+        """x: B x D features; y: B long indices. Returns B x (K+1) (the batch dim is kept even when B == 1)."""
+        y = y.reshape(-1)
+        idx = self.contrast_indices(y, idx)  # B x (K+1)
+        temperature, momentum = self.params[1].clone(), self.params[3].clone()
+        out = self.calibrate(score_against_memory(x, self.memory, idx), temperature, 2)  # B x (K+1)
+        momentum_update_(self.memory, y, x, momentum)
+        return out
+
+
+class MemoryMoCo(ContrastMemory):
+    """MoCo queue of keys (He et al. 2019, Momentum Contrast, Sec. 3.2, Algorithm 1): logits [q.k, q.queue].
+
+    Buffers: params = [Z] (reference name), memory = the K x inputSize queue, and queue_ptr (new: the reference kept
+    the write position in a Python attribute, lost across checkpoints; old checkpoints load with queue_ptr = 0).
+    outputSize (the data-set size) only scales Z.
+    """
+
+    def __init__(self, inputSize, outputSize, K, T=0.07, use_softmax=False, z_momentum=None):
+        super().__init__(outputSize, K, use_softmax, z_momentum)
+        self.T = T
+        self.register_buffer('params', torch.tensor([-1.]))  # float: the reference's int tensor truncated Z
+        self.register_buffer('memory', init_memory(K, inputSize))
+        self.register_buffer('queue_ptr', torch.zeros((), dtype=torch.long))
+
+    def forward(self, q, k):
+        """q: B x D queries, k: B x D keys (detached). Returns B x (K+1); column 0 is the positive q.k."""
+        batch_size = q.size(0)
+        k = k.detach().reshape(batch_size, -1)  # B x D
+        # snapshot: the enqueue below writes memory in place, and autograd keeps the queue for q's gradient
+        queue = self.memory.clone()  # K x D
+        q = q.reshape(batch_size, -1).to(queue.dtype)  # B x D
+        positive = (q * k.to(queue.dtype)).sum(1, keepdim=True)  # B x 1
+        negatives = q @ queue.t()  # B x K
+        dots = torch.cat([positive, negatives], dim=1).to(queue.dtype)  # B x (K+1)
+        out = self.calibrate(dots, self.T, 0)
+        self.enqueue_(k)
+        return out
+
+    @torch.no_grad()
+    def enqueue_(self, keys):
+        """Write keys (B x D) at the pointer, wrapping around the end; advance the pointer by B (all on device)."""
+        batch_size, queue_size = keys.size(0), self.memory.size(0)
+        first_kept = max(batch_size - queue_size, 0)  # when B > queue size only the newest keys survive
+        slots = (torch.arange(first_kept, batch_size, device=keys.device) + self.queue_ptr) % queue_size  # B'
+        self.memory.index_copy_(0, slots, keys[first_kept:].to(self.memory.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + batch_size) % queue_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints of the reference code have no pointer: start writing at slot 0
+        # (load_state_dict hands us its own shallow copy of the caller's dict, so adding a key is safe)
+        state_dict.setdefault(prefix + 'queue_ptr', torch.zeros_like(self.queue_ptr))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, T={self.T}"
