@@ -1,0 +1,78 @@
+"""Linear evaluation of CMC encoders (Tian et al., 2019, Sec. 4.1): freeze a pretrained two-view encoder, concatenate
+the two views' features at one layer and train a linear classifier on them.
+
+The seed README's recipes run as they are, e.g.
+
+    # AlexNet
+    python LinearProbing.py --dataset imagenet --data_folder /path/to/imagenet \
+        --save_path /path/to/save --tb_path /path/to/tensorboard \
+        --model_path /path/to/memory_nce_16384_alexnet_.../ckpt_epoch_240.pth \
+        --model alexnet --learning_rate 0.1 --layer 5
+    # ResNet-50 v1 / v2 (v3: --learning_rate 50)
+    python LinearProbing.py ... --model resnet50v1 --learning_rate 30 --layer 6
+
+On a laptop CPU, probing a demo checkpoint:
+
+    python LinearProbing.py --dataset demo --image_size 64 --model alexnet --layer 5 --learning_rate 0.1 \
+        --model_path results/demo/cmc.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
+        --batch_size 64 --num_workers 0 --cache_features
+"""
+import argparse
+
+import torch
+
+import util
+from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
+from models import CMC_MODEL_NAMES, build_cmc_model
+from models.LinearModel import LinearClassifierAlexNet, LinearClassifierResNet
+
+RESNET_WIDTH = {'v1': 1, 'v2': 2, 'v3': 4}      # the linear head's channel multiplier per CMC ResNet version
+LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
+
+
+def parse_option(argv=None):
+    parser = argparse.ArgumentParser('argument for training')
+    util.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
+                          lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
+    util.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
+    parser.add_argument('--view', type=str, default='Lab', choices=['Lab', 'YCbCr'])
+    parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast) for the frozen encoder')
+    # The reference advertised its own multi-process mode here but never shipped it; torchrun replaces it.
+    for flag in ('--world-size', '--rank', '--dist-url', '--dist-backend'):
+        parser.add_argument(flag, default=None, help=f'{util.COMPAT}: launch with torchrun --nproc_per_node N instead')
+    parser.add_argument('--multiprocessing-distributed', action='store_true',
+                        help=f'{util.COMPAT}: launch with torchrun --nproc_per_node N instead')
+    opt = parser.parse_args(argv)
+    util.check_probe(opt)
+    if opt.dataset in GRAYSCALE_DATASETS:
+        raise util.UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views')
+    family = 'alexnet' if opt.model == 'alexnet' else 'resnet'
+    if opt.layer not in LAYERS[family]:
+        raise util.UserError(f'--layer {opt.layer} is out of range for --model {opt.model} '
+                             f'(layers {LAYERS[family][0]}..{LAYERS[family][-1]})')
+    opt.model_name = util.probe_run_name(opt, prefix='calibrated_')
+    return opt
+
+
+def main(argv=None):
+    opt = parse_option(argv)
+    rt = util.setup_runtime(opt)
+    model = build_cmc_model(opt.model)
+
+    def features(x):                           # both views at the chosen layer, concatenated on channels
+        feat_l, feat_ab = model(x, opt.layer)
+        return torch.cat([feat_l, feat_ab], dim=1)
+
+    def make_classifier(channels, n_label):
+        if opt.model == 'alexnet':
+            return LinearClassifierAlexNet(opt.layer, n_label, 'max')
+        return LinearClassifierResNet(opt.layer, n_label, 'avg', RESNET_WIDTH[opt.model[-2:]], in_channels=channels)
+
+    return util.run_linear_probe(opt, rt, encoder=model, features=features, make_classifier=make_classifier,
+                                 train_transform=cmc_train_transform(opt.image_size, opt.crop_low),
+                                 view=DeviceView(opt.view), argv=util.command_line(__file__, argv))
+
+
+if __name__ == '__main__':
+    util.run_main(main)

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny generated ImageFolder (real PNG files) and a helper to run a script's main()."""
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'val'), seed=0):
+    """Class-coloured noisy squares, so that a probe has something to learn; returns root."""
+    rng = np.random.RandomState(seed)
+    palette = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40)]
+    for split in splits:
+        for c in range(classes):
+            folder = os.path.join(root, split, f'class_{c}')
+            os.makedirs(folder, exist_ok=True)
+            for i in range(per_class):
+                img = rng.randint(0, 256, (size, size, 3)).astype(np.float32) * 0.3
+                x0, y0 = rng.randint(0, size // 2, 2)
+                img[y0:y0 + size // 2, x0:x0 + size // 2] += np.array(palette[c % 4]) * 0.7
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f'{i}.png'))
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def image_folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('data'))

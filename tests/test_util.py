@@ -1,0 +1,146 @@
+"""util.py: the reference utilities, the kNN monitor, checkpoints (atomic, safe loading) and the resumable sampler."""
+import argparse
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import util
+
+
+def test_adjust_learning_rate_counts_decay_epochs_strictly_below():
+    opt = argparse.Namespace(learning_rate=0.03, lr_decay_rate=0.1, lr_decay_epochs=[120, 160, 200])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    expected = {1: 0.03, 120: 0.03, 121: 0.003, 160: 0.003, 161: 0.0003, 201: 0.00003}
+    for epoch, lr in expected.items():
+        util.adjust_learning_rate(epoch, opt, optimizer)
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(lr, rel=1e-12)
+
+
+def test_cosine_and_warmup_closed_forms():
+    opt = argparse.Namespace(learning_rate=10.0, lr_decay_rate=0.2, epochs=60)
+    eta_min = 10.0 * 0.2 ** 3 * 0.1
+    # what torch's CosineAnnealingLR gives after `epoch` steps (the reference stepped it at each epoch's start)
+    p = torch.nn.Parameter(torch.zeros(1))
+    o = torch.optim.SGD([p], lr=10.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(o, 60, eta_min)
+    for epoch in range(1, 61):
+        o.step()
+        sched.step()
+        assert util.cosine_learning_rate(epoch, opt) == pytest.approx(o.param_groups[0]['lr'], rel=1e-9)
+    assert util.warmup_factor(1, 0, 10, 5) == pytest.approx(1 / 50)
+    assert util.warmup_factor(5, 9, 10, 5) == pytest.approx(1.0)
+    assert util.warmup_factor(6, 0, 10, 5) == 1.0
+
+
+def test_average_meter_and_accuracy():
+    m = util.AverageMeter()
+    m.update(2.0, n=3)
+    m.update(4.0, n=1)
+    assert (m.val, m.sum, m.count, m.avg) == (4.0, 10.0, 4, 2.5)
+    output = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3]])
+    target = torch.tensor([2, 0, 0, 1])
+    top1, top2 = util.accuracy(output, target, topk=(1, 2))
+    # sample 0: top1 wrong, top2 right; 1: right; 2: top1 wrong (2), top2 = {2, 1} wrong; 3: right
+    assert top1.tolist() == [50.0] and top2.tolist() == [75.0]
+
+
+def test_knn_predict_matches_hand_computation():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 2])
+    query = torch.tensor([[2.0, 0.0]])                       # normalised to (1, 0)
+    scores = util.knn_predict(train, labels, query, n_classes=3, k=2, t=0.5)
+    # similarities: 1, 0, 0.6, -1 -> top-2: train 0 (class 0, s=1) and train 2 (class 1, s=0.6)
+    expected = torch.tensor([[math.exp(1 / 0.5), math.exp(0.6 / 0.5), 0.0]])
+    torch.testing.assert_close(scores, expected)
+    # with k=3 the third neighbour (class 1, s=0) adds exp(0) = 1 to class 1, which then wins
+    scores3 = util.knn_predict(train, labels, query, n_classes=3, k=3, t=0.5)
+    assert scores3[0, 1].item() == pytest.approx(math.exp(1.2) + 1.0)
+    assert scores3.argmax(1).item() == 0                      # exp(2) = 7.39 > exp(1.2) + 1 = 4.32
+
+
+def test_save_checkpoint_is_atomic_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / 'current.pth'
+    util.save_checkpoint({'epoch': 1, 'w': torch.ones(3)}, str(path))
+    util.save_checkpoint({'epoch': 2, 'w': torch.zeros(3)}, str(path))
+    assert os.listdir(tmp_path) == ['current.pth']
+    ckpt = util.load_checkpoint(str(path))
+    assert ckpt['epoch'] == 2 and ckpt['w'].tolist() == [0, 0, 0]
+
+
+def test_reference_checkpoint_with_namespace_opt_loads(tmp_path):
+    path = tmp_path / 'ckpt_epoch_240.pth'
+    opt = argparse.Namespace(model='alexnet', learning_rate=0.03, nce_k=16384)
+    torch.save({'opt': opt, 'model': {'encoder.module.x': torch.ones(2)}, 'epoch': 240}, str(path))
+    ckpt = util.load_checkpoint(str(path))
+    assert ckpt['opt'] == {'model': 'alexnet', 'learning_rate': 0.03, 'nce_k': 16384}
+    assert ckpt['epoch'] == 240
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': _Payload(str(marker))}, str(path))
+    assert not marker.exists()
+    with pytest.raises(util.UserError, match='refusing to load'):
+        util.load_checkpoint(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint at all', None])
+def test_garbage_and_truncated_files_give_one_clear_error(tmp_path, content):
+    path = tmp_path / 'bad.pth'
+    if content is None:                                       # a real checkpoint cut in half
+        util.save_checkpoint({'w': torch.randn(1000)}, str(path))
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(util.UserError) as e:
+        util.load_checkpoint(str(path))
+    assert '\n' not in str(e.value) and 'bad.pth' in str(e.value)
+    with pytest.raises(util.UserError, match='does not exist'):
+        util.load_checkpoint(str(tmp_path / 'missing.pth'))
+
+
+def test_resumable_sampler_order_depends_only_on_seed_and_epoch():
+    s = util.ResumableSampler(10, batch_size=3, seed=7)
+    s.set_epoch(2)
+    full = list(iter(s))
+    assert len(full) == 9 and len(set(full)) == 9           # drop_last: 3 whole batches
+    torch.manual_seed(123)                                   # the global RNG plays no part
+    s.set_epoch(2, start_batch=1)
+    assert list(iter(s)) == full[3:]
+    s.set_epoch(3)
+    assert list(iter(s)) != full
+    # two processes split one epoch into disjoint halves
+    a = util.ResumableSampler(10, 2, seed=7, rank=0, world_size=2)
+    b = util.ResumableSampler(10, 2, seed=7, rank=1, world_size=2)
+    assert set(a).isdisjoint(set(b)) and len(list(a)) == len(list(b)) == 4
+
+
+def test_run_folder_refuses_to_clobber_and_resolves_auto(tmp_path):
+    run = util.RunFolder(str(tmp_path / 'run'))
+    opt = argparse.Namespace(resume='', overwrite=False)
+    assert run.prepare(opt) is None
+    util.save_checkpoint({'epoch': 1}, str(tmp_path / 'run' / 'current.pth'))
+    with pytest.raises(util.UserError, match='already holds checkpoints'):
+        run.prepare(opt)
+    opt.resume = 'auto'
+    assert run.prepare(opt) == str(tmp_path / 'run' / 'current.pth')
+    opt.resume = str(tmp_path / 'nope.pth')
+    with pytest.raises(util.UserError, match='does not exist'):
+        run.prepare(opt)
+    opt.resume, opt.overwrite = '', True
+    assert run.prepare(opt) is None

@@ -1,0 +1,1074 @@
+"""Everything the four scripts share, written once.
+
+Sections: errors and the script entry point; the reference utilities (``adjust_learning_rate``,
+``AverageMeter``, ``accuracy``); command-line flags; the runtime (device, processes, seeds, mixed
+precision); checkpoints (atomic writes, safe loads, run folders); the resumable sampler; logging;
+the epoch loop; the k-nearest-neighbour monitor.
+"""
+import argparse
+import math
+import os
+import pickle
+import random
+import signal
+import sys
+import tempfile
+import time
+import zipfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------- errors and entry point
+
+class UserError(Exception):
+    """A problem with the user's input (flags, data, checkpoint). Scripts print str(e) as one line and exit non-zero."""
+
+
+class TrainingStopped(Exception):
+    """Raised when a run stops early on purpose (a signal, a non-finite loss); carries the exit code."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_main(main, argv=None):
+    """Run a script's ``main`` so that user errors end as one clear line and a non-zero exit, never a traceback."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- reference utilities
+
+def adjust_learning_rate(epoch, opt, optimizer):
+    """Step decay: lr = learning_rate * lr_decay_rate ** (number of decay epochs strictly below ``epoch``).
+
+    Epochs count from 1, as in the reference.
+    """
+    steps = int(np.sum(epoch > np.asarray(opt.lr_decay_epochs)))
+    new_lr = opt.learning_rate * (opt.lr_decay_rate ** steps)
+    for group in optimizer.param_groups:
+        group['lr'] = new_lr
+    return new_lr
+
+
+def cosine_learning_rate(epoch, opt):
+    """The reference's ``--cosine``: CosineAnnealingLR over all epochs, stepped once at the start of each epoch.
+
+    Written in closed form (so a resumed run needs no scheduler state); eta_min = lr * rate^3 * 0.1.
+    """
+    eta_min = opt.learning_rate * (opt.lr_decay_rate ** 3) * 0.1
+    return eta_min + (opt.learning_rate - eta_min) * (1 + math.cos(math.pi * epoch / opt.epochs)) / 2
+
+
+def warmup_factor(epoch, step, steps_per_epoch, warm_epochs):
+    """Linear warm-up over the first ``warm_epochs`` epochs, per iteration, ending at factor 1."""
+    if epoch > warm_epochs:
+        return 1.0
+    done = (epoch - 1) * steps_per_epoch + step + 1
+    return done / (warm_epochs * steps_per_epoch)
+
+
+class AverageMeter:
+    """Computes and stores the average and current value."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.val = 0
+        self.avg = 0
+        self.sum = 0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+def accuracy(output, target, topk=(1,)):
+    """Precision@k in percent for each k, as 1-element tensors (the reference's return type)."""
+    with torch.no_grad():
+        maxk = max(topk)
+        batch_size = target.size(0)
+        _, pred = output.topk(maxk, 1, True, True)
+        pred = pred.t()                                        # maxk x B
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        res = []
+        for k in topk:
+            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+            res.append(correct_k.mul_(100.0 / batch_size))
+        return res
+
+
+# --------------------------------------------------------------------------- flags
+
+COMPAT = 'kept for compatibility with the reference; has no effect'
+OPT_LEVEL_HELP = ('kept for compatibility (NVIDIA apex is gone): O1 and O2 both mean torch.autocast, bfloat16 where '
+                  'the device supports it, else float16 with a GradScaler; only --amp turns mixed precision on')
+
+
+def add_common_flags(parser, *, print_freq=10, tb_freq=500, save_freq=10, batch_size=128, num_workers=18, epochs=240,
+                     learning_rate=0.03, lr_decay_epochs='120,160,200', lr_decay_rate=0.1, weight_decay=1e-4,
+                     momentum=0.9, dataset='imagenet', dataset_choices=('imagenet100', 'imagenet')):
+    """Flags every script has, with the reference's defaults for that script, plus this project's additions."""
+    p = parser
+    p.add_argument('--print_freq', type=int, default=print_freq, help='print frequency (iterations)')
+    p.add_argument('--tb_freq', type=int, default=tb_freq, help=f'{COMPAT} (TensorBoard scalars are written per epoch)')
+    p.add_argument('--save_freq', type=int, default=save_freq, help='save ckpt_epoch_N.pth every N epochs '
+                   '(current.pth is written every epoch)')
+    p.add_argument('--batch_size', type=int, default=batch_size, help='batch size')
+    p.add_argument('--num_workers', type=int, default=num_workers, help='number of data-loading workers')
+    p.add_argument('--epochs', type=int, default=epochs, help='number of training epochs')
+    p.add_argument('--learning_rate', type=float, default=learning_rate, help='learning rate')
+    p.add_argument('--lr_decay_epochs', type=str, default=lr_decay_epochs, help='where to decay lr, can be a list')
+    p.add_argument('--lr_decay_rate', type=float, default=lr_decay_rate, help='decay rate for learning rate')
+    p.add_argument('--beta1', type=float, default=0.5, help='beta1 for Adam (only eval_moco_ins.py --adam uses it; '
+                   f'elsewhere {COMPAT})')
+    p.add_argument('--beta2', type=float, default=0.999, help='beta2 for Adam (as --beta1)')
+    p.add_argument('--weight_decay', type=float, default=weight_decay, help='weight decay')
+    p.add_argument('--momentum', type=float, default=momentum, help='momentum')
+    p.add_argument('--resume', default='', type=str, metavar='PATH',
+                   help="checkpoint to resume from; 'auto' resumes the run folder's current.pth if there is one")
+    all_datasets = list(dataset_choices) + ['folder', 'demo', 'stl10', 'cifar10', 'fashion-mnist']
+    p.add_argument('--dataset', type=str, default=dataset, choices=all_datasets,
+                   help='imagenet/imagenet100/folder read data_folder/train (and /val); demo is the bundled emoji '
+                   'set (no data_folder needed); stl10/cifar10/fashion-mnist read torchvision files under data_folder')
+    p.add_argument('--data_folder', type=str, default=None, help='path to data')
+    p.add_argument('--tb_path', type=str, default=None, help='path to tensorboard')
+    # additions of this project
+    p.add_argument('--image_size', type=int, default=224, help='crop size; validation resizes to image_size*256/224')
+    p.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda'],
+                   help='auto: cuda when present')
+    p.add_argument('--seed', type=int, default=None,
+                   help='seed everything; a CPU run with --num_workers 0 is then repeatable bit for bit')
+    p.add_argument('--download', action='store_true', help='let stl10/cifar10/fashion-mnist download missing files')
+    p.add_argument('--skip_bad_images', action='store_true',
+                   help='skip (and count) images that cannot be decoded instead of stopping')
+    p.add_argument('--overwrite', action='store_true',
+                   help='start over in a run folder that already holds checkpoints')
+    return p
+
+
+def add_amp_flags(parser):
+    parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
+    parser.add_argument('--opt_level', type=str, default='O2', choices=['O1', 'O2'], help=OPT_LEVEL_HELP)
+
+
+def add_pretrain_flags(parser, *, model_default, model_choices):
+    """Flags of the two pretraining scripts beyond the common ones."""
+    p = parser
+    p.add_argument('--model', type=str, default=model_default, choices=model_choices)
+    p.add_argument('--softmax', action='store_true', help='using softmax contrastive loss rather than NCE')
+    p.add_argument('--nce_k', type=int, default=16384)
+    p.add_argument('--nce_t', type=float, default=0.07, help='temperature (the CMC paper used 0.1 on STL-10)')
+    p.add_argument('--nce_m', type=float, default=0.5, help='momentum of the memory-bank update')
+    p.add_argument('--feat_dim', type=int, default=128, help='dim of feat for inner product')
+    p.add_argument('--model_path', type=str, default=None, help='path to save model')
+    p.add_argument('--z_momentum', type=float, default=None,
+                   help='NCE only: track the normalising constant Z as a running average with this momentum '
+                   '(default: fixed after the first batch, as in the reference)')
+    p.add_argument('--knn_freq', type=int, default=None,
+                   help='run the weighted kNN monitor (k=200, t=0.07) every N epochs when a labelled val split '
+                   'exists; 0 turns it off; default 1, or 0 for imagenet/imagenet100 (a full pass over the data)')
+    add_amp_flags(p)
+
+
+def add_probe_flags(parser, *, model_default, model_choices, layer=6):
+    """Flags of the two linear-probe scripts beyond the common ones."""
+    p = parser
+    p.add_argument('--model', type=str, default=model_default, choices=model_choices)
+    p.add_argument('--model_path', type=str, default=None, help='the pretrained checkpoint to evaluate')
+    p.add_argument('--layer', type=int, default=layer, help='which layer to evaluate')
+    p.add_argument('--save_path', type=str, default=None, help='path to save linear classifier')
+    p.add_argument('--log', type=str, default='time_linear.txt',
+                   help='a text file in the run folder that gets one line per epoch (time, losses, accuracies)')
+    p.add_argument('--gpu', default=None, type=int, help='GPU id to use (implies --device cuda)')
+    p.add_argument('--cache_features', action='store_true',
+                   help='compute the frozen features once, without augmentation, and train the linear layer on '
+                   'them (much faster; the reference re-ran the encoder with augmentation every epoch)')
+
+
+def parse_epochs(text):
+    try:
+        return [int(x) for x in str(text).split(',') if x.strip()]
+    except ValueError:
+        raise UserError(f'--lr_decay_epochs must be comma-separated integers, got {text!r}')
+
+
+def check_common(opt, *, needs=('data_folder', 'tb_path')):
+    """Validate flags shared by all scripts; raise UserError with one clear line."""
+    if isinstance(opt.lr_decay_epochs, str):
+        opt.lr_decay_epochs = parse_epochs(opt.lr_decay_epochs)
+    for name in needs:
+        if name == 'data_folder' and opt.dataset == 'demo':
+            continue
+        if not getattr(opt, name):
+            raise UserError(f'--{name} is required')
+    for name in ('batch_size', 'epochs', 'print_freq', 'save_freq', 'image_size'):
+        if getattr(opt, name) <= 0:
+            raise UserError(f'--{name} must be positive, got {getattr(opt, name)}')
+    if opt.num_workers < 0:
+        raise UserError(f'--num_workers must be >= 0, got {opt.num_workers}')
+    if not opt.learning_rate > 0:
+        raise UserError(f'--learning_rate must be positive, got {opt.learning_rate}')
+    if opt.weight_decay < 0 or not 0 < opt.lr_decay_rate <= 1 or not 0 <= opt.momentum < 1:
+        raise UserError('need --weight_decay >= 0, 0 < --lr_decay_rate <= 1 and 0 <= --momentum < 1')
+    if opt.image_size < 32:
+        raise UserError(f'--image_size must be at least 32 (64 or more recommended), got {opt.image_size}')
+
+
+def command_line(script, argv):
+    """The command as typed, for the resume hint: the script's name and its arguments."""
+    return [os.path.basename(script)] + list(sys.argv[1:] if argv is None else argv)
+
+
+def opt_to_dict(opt):
+    return dict(vars(opt)) if not isinstance(opt, dict) else dict(opt)
+
+
+# --------------------------------------------------------------------------- runtime: device, processes, precision
+
+@dataclass
+class Runtime:
+    """Where and how a script runs: the one place that knows about devices, processes and mixed precision."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    amp_dtype: torch.dtype = None
+    scaler: torch.amp.GradScaler = field(default=None, repr=False)
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def autocast(self):
+        """Mixed precision when --amp is on, a no-op otherwise (one code path either way)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def wrap(self, model, sync_bn=False):
+        """Wrap a trained model for multi-process runs (DDP); a single process gets the model itself."""
+        if not self.distributed:
+            return model
+        if sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == 'cuda' else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def print(self, *args, **kwargs):
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def setup_runtime(opt):
+    """Pick the device, join the torchrun process group if there is one, seed, and set up mixed precision."""
+    want = getattr(opt, 'device', 'auto')
+    if getattr(opt, 'gpu', None) is not None:
+        want = 'cuda'
+    if want == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda (or --gpu) was given but no CUDA device is available; use --device cpu')
+    use_cuda = want == 'cuda' or (want == 'auto' and torch.cuda.is_available())
+
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank, local_rank = 0, 0
+    if world_size > 1:
+        rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+    if use_cuda:
+        index = local_rank if world_size > 1 else (getattr(opt, 'gpu', None) or 0)
+        device = torch.device('cuda', index)
+        torch.backends.cudnn.benchmark = opt.seed is None
+    else:
+        device = torch.device('cpu')
+
+    if opt.seed is not None:
+        seed_everything(opt.seed + rank)
+
+    amp_dtype = None
+    if getattr(opt, 'amp', False):
+        bf16_ok = device.type == 'cpu' or torch.cuda.is_bf16_supported()
+        amp_dtype = torch.bfloat16 if bf16_ok else torch.float16
+    # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return Runtime(device=device, rank=rank, world_size=world_size, amp_dtype=amp_dtype, scaler=scaler)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """Every RNG's state in types a weights-only load accepts (numpy's key array becomes a tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {'python': random.getstate(), 'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(_to_python(state['python']))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _to_python(x):
+    """Tuples come back from a weights-only load as tuples or lists; the RNG setters want tuples."""
+    if isinstance(x, list):
+        return tuple(_to_python(v) for v in x)
+    if isinstance(x, tuple):
+        return tuple(_to_python(v) for v in x)
+    return x
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(state, path):
+    """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
+
+    A kill at any moment leaves either the old file or the new one, never a truncated one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The only non-tensor class the reference's files need: it pickled ``opt`` as an argparse.Namespace.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint without ever running pickled code (``weights_only=True``); ``opt`` comes back as a dict."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f'checkpoint {path!r} does not exist; check the path')
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).strip().splitlines()
+        detail = next((line for line in detail if 'GLOBAL' in line or 'Unsupported' in line), detail[0] if detail else '')
+        raise UserError(f'refusing to load {path}: it holds pickled objects that could run code ({detail.strip()}); '
+                        f'only tensors, plain containers and argparse.Namespace are accepted')
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {first}')
+    if not isinstance(ckpt, dict):
+        raise UserError(f'{path} is not a checkpoint of this project or the reference (a {type(ckpt).__name__}, '
+                        f'not a dict)')
+    if isinstance(ckpt.get('opt'), argparse.Namespace):
+        ckpt['opt'] = vars(ckpt['opt'])
+    return ckpt
+
+
+def checkpoint_section(ckpt, key, path):
+    if key not in ckpt:
+        raise UserError(f'{path} has no {key!r} entry (it has {sorted(ckpt)}); is it the right kind of checkpoint?')
+    return ckpt[key]
+
+
+def load_weights(module, state_dict, what, path):
+    """``module.load_state_dict`` with a one-line error naming the model and the mismatching keys."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        own, theirs = set(unwrap(module).state_dict()), set(state_dict)
+        strip = lambda k: k.replace('module.', '')                       # noqa: E731
+        missing = sorted(own - {strip(k) for k in theirs})[:3]
+        unexpected = sorted({strip(k) for k in theirs} - own)[:3]
+        lines = [line for line in str(e).splitlines() if 'size mismatch' in line][:1]
+        raise UserError(f'{path} does not fit {what}: missing keys {missing}, unexpected keys {unexpected}'
+                        f'{"; " + lines[0].strip() if lines else ""} (was it trained with another --model?)')
+
+
+class RunFolder:
+    """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def checkpoints(self):
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(f for f in os.listdir(self.path) if f.endswith('.pth'))
+
+    def prepare(self, opt):
+        """Return the checkpoint to resume from (or None), after checking the folder is safe to write."""
+        resume = opt.resume
+        if resume == 'auto':
+            current = os.path.join(self.path, 'current.pth')
+            resume = current if os.path.isfile(current) else ''
+        if resume:
+            if not os.path.isfile(resume):
+                raise UserError(f'--resume {resume} does not exist (refusing to start from scratch; '
+                                f"drop --resume to start a new run, or use --resume auto)")
+        elif self.checkpoints() and not opt.overwrite:
+            raise UserError(f'{self.path} already holds checkpoints ({", ".join(self.checkpoints()[:3])}); '
+                            f'pass --resume auto to continue that run, or --overwrite to start over')
+        os.makedirs(self.path, exist_ok=True)
+        return resume or None
+
+    def save(self, state, epoch, save_freq):
+        """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs; both atomic."""
+        save_checkpoint(state, os.path.join(self.path, 'current.pth'))
+        if epoch % save_freq == 0 and state.get('resume_step', 0) == 0:
+            save_checkpoint(state, os.path.join(self.path, f'ckpt_epoch_{epoch}.pth'))
+
+
+# --------------------------------------------------------------------------- data loading
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Shuffled indices from (seed, epoch) alone, split across processes, able to start mid-epoch.
+
+    Its order does not depend on the global RNG, so a run stopped after ``step`` batches and resumed reads
+    exactly the batches it would have read.
+    """
+
+    def __init__(self, size, batch_size, seed, shuffle=True, drop_last=True, rank=0, world_size=1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.epoch, self.start_batch = 1, 0
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            order = torch.randperm(self.size, generator=g)
+        else:
+            order = torch.arange(self.size)
+        per_rank = self.size // self.world_size if self.drop_last else math.ceil(self.size / self.world_size)
+        if not self.drop_last:                                  # pad so every process gets as many
+            order = torch.cat([order, order[:per_rank * self.world_size - self.size]])
+        order = order[self.rank:per_rank * self.world_size:self.world_size]
+        if self.drop_last:
+            order = order[:len(order) // self.batch_size * self.batch_size]
+        return order
+
+    def batches_per_epoch(self):
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        return iter(self._indices()[self.start_batch * self.batch_size:].tolist())
+
+    def __len__(self):
+        return max(0, len(self._indices()) - self.start_batch * self.batch_size)
+
+
+def make_loader(dataset, opt, rt, *, train, seed=0):
+    """A DataLoader of uint8 crops with a :class:`ResumableSampler` and its own generator (see the sampler)."""
+    sampler = ResumableSampler(len(dataset), opt.batch_size, seed, shuffle=train, drop_last=train,
+                               rank=rt.rank, world_size=rt.world_size)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
+        pin_memory=rt.device.type == 'cuda', generator=generator,
+        persistent_workers=False)
+    return loader
+
+
+def eval_loader(dataset, opt, rt=None):
+    """An in-order loader for evaluation. Its own generator keeps it from drawing on the global RNG, so
+    evaluating between epochs does not change what training does next."""
+    return torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
+                                       pin_memory=rt is not None and rt.device.type == 'cuda',
+                                       generator=torch.Generator())
+
+
+# --------------------------------------------------------------------------- logging
+
+class TBLogger:
+    """TensorBoard scalars through torch.utils.tensorboard, with the old tensorboard_logger's ``log_value``."""
+
+    def __init__(self, log_dir, enabled=True):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            os.makedirs(log_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def log_value(self, tag, value, step):
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def flush(self):
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag the epoch loop checks after each step (a scheduler's pre-emption)."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:   # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        return False
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+
+def progress(iterable, total, desc, enabled):
+    """A tqdm bar when the output is a terminal; the plain iterable otherwise (logs stay clean)."""
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return iterable
+
+
+# --------------------------------------------------------------------------- the epoch loop
+
+@dataclass
+class StepResult:
+    """What a script's step function returns: the loss to minimise, the batch size and tensors to average."""
+    loss: torch.Tensor
+    batch_size: int
+    metrics: dict
+
+
+def format_meters(meters, fields):
+    """The reference's console fields: ``name val (avg)``, tab separated."""
+    return '\t'.join(f'{label} {meters[key].val:.3f} ({meters[key].avg:.3f})' for key, label in fields)
+
+
+def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fields, start_step=0,
+                set_lr=None, after_step=None, modules=()):
+    """One training epoch shared by the four scripts.
+
+    ``step_fn(batch) -> StepResult`` computes the loss; this loop does timing, the optimiser step through the
+    GradScaler (a no-op without float16), ``after_step`` (MoCo's EMA), the non-finite-loss check, the reference's
+    console lines, and stopping after the current step on a signal.
+
+    Returns ``(meters, steps_done)``; steps_done < steps per epoch means a signal stopped the epoch.
+    """
+    for m in modules:
+        m.train()
+    meters = {key: AverageMeter() for key, _ in fields}
+    meters['BT'], meters['DT'] = AverageMeter(), AverageMeter()
+    n_batches = sampler.batches_per_epoch()
+    step = start_step
+    end = time.time()
+    for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
+        meters['DT'].update(time.time() - end)
+        if set_lr is not None:
+            set_lr(epoch, step, n_batches)
+        result = step_fn(batch)
+        loss_value = result.loss.item()           # one sync per step, after the forward: needed to stop on NaN
+        if not math.isfinite(loss_value):
+            raise TrainingStopped(
+                f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1}; stopping without saving (the last '
+                f'checkpoint is kept as it was). Likely causes: a learning rate too high for this batch size, or '
+                f'--amp with the NCE loss (exp(s/T) overflows float16); try a lower --learning_rate or drop --amp.',
+                exit_code=3)
+        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(result.loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        if after_step is not None:
+            after_step()
+        for key, _ in fields:
+            value = result.metrics[key]
+            meters[key].update(value.item() if torch.is_tensor(value) else value, result.batch_size)
+        meters['BT'].update(time.time() - end)
+        end = time.time()
+        step += 1
+        if rt.is_main and (step % opt.print_freq == 0):
+            print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
+                  f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
+        if stop.requested:
+            break
+    return meters, step
+
+
+def stop_message(stop, ckpt_path, epoch, step, script_argv):
+    name = signal.Signals(stop.signum).name
+    return (f'stopped by {name} at epoch {epoch}, step {step}; the position is saved in {ckpt_path}. Resume with: '
+            f'python {" ".join(script_argv)} --resume {ckpt_path}')
+
+
+# --------------------------------------------------------------------------- k-nearest-neighbour monitor
+
+@torch.no_grad()
+def extract_features(encode, loader, rt):
+    """Run ``encode`` (uint8 batch on device -> B x D features) over a loader; returns (features, labels) on device."""
+    feats, labels = [], []
+    for images, target, _ in loader:
+        with rt.autocast():
+            f = encode(images.to(rt.device, non_blocking=True))
+        feats.append(f.float())
+        labels.append(torch.as_tensor(target).to(rt.device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(train_feats, train_labels, query_feats, n_classes, k=200, t=0.07, chunk=1024):
+    """Weighted kNN of Wu et al., 2018 (instance discrimination), eq. in Sec. 3.4.
+
+    Each of the k most similar training features (cosine similarity s_i) votes for its class with weight
+    exp(s_i / t); returns the class scores, Q x n_classes. Features are L2-normalised here.
+    """
+    train_feats = F.normalize(train_feats, dim=1)                  # N x D
+    query_feats = F.normalize(query_feats, dim=1)                  # Q x D
+    k = min(k, train_feats.shape[0])
+    scores = []
+    for q in query_feats.split(chunk):
+        sim = q @ train_feats.t()                                  # q x N
+        top_sim, top_idx = sim.topk(k, dim=1)                      # q x k
+        weights = (top_sim / t).exp()
+        votes = torch.zeros(q.shape[0], n_classes, device=q.device, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_idx], weights)      # q x C
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(encode, train_loader, val_loader, n_classes, rt, k=200, t=0.07):
+    """Top-1 (%) of the weighted kNN classifier on the val split, with features of the (unaugmented) train split."""
+    train_feats, train_labels = extract_features(encode, train_loader, rt)
+    val_feats, val_labels = extract_features(encode, val_loader, rt)
+    pred = knn_predict(train_feats, train_labels, val_feats, n_classes, k, t).argmax(1)
+    return (pred == val_labels).float().mean().item() * 100
+
+
+# --------------------------------------------------------------------------- the run: resume, epochs, save, stop
+
+class Fit:
+    """The epoch-level driver shared by the four scripts: resume, epochs, TensorBoard, checkpoints, signals.
+
+    ``modules`` maps checkpoint keys to the modules saved under them (e.g. model, contrast, model_ema or
+    classifier); ``extra`` holds plain values saved too (best_acc1). A checkpoint records ``epoch``, the last
+    finished epoch (the reference's meaning), and ``resume_step``, the batches already done of the next one.
+    """
+
+    def __init__(self, *, opt, rt, run, modules, optimizer, loader, step_fn, fields, tags, train_modules,
+                 set_lr, after_step=None, epoch_end=None, extra=None, argv=None, tb_name=None):
+        self.opt, self.rt, self.run, self.modules, self.optimizer = opt, rt, run, modules, optimizer
+        self.loader, self.sampler = loader, loader.sampler
+        self.step_fn, self.fields, self.tags, self.train_modules = step_fn, fields, tags, train_modules
+        self.set_lr, self.after_step, self.epoch_end = set_lr, after_step, epoch_end
+        self.extra = dict(extra or {})
+        self.argv = argv or sys.argv
+        self.tb = TBLogger(os.path.join(opt.tb_path, tb_name or opt.model_name), enabled=rt.is_main)
+        self.start_epoch, self.start_step = 1, 0
+
+    def state(self, epoch, resume_step):
+        state = {'opt': opt_to_dict(self.opt), 'epoch': epoch, 'resume_step': resume_step,
+                 'optimizer': self.optimizer.state_dict(), 'rng': rng_state(),
+                 'loader_generator': self.loader.generator.get_state() if self.loader.generator is not None else None}
+        for key, module in self.modules.items():
+            state[key] = unwrap(module).state_dict()
+        if self.rt.scaler.is_enabled() or self.rt.amp_dtype is not None:
+            state['amp'] = self.rt.scaler.state_dict()
+        state.update(self.extra)
+        return state
+
+    def resume(self, path):
+        ckpt = load_checkpoint(path)
+        for key, module in self.modules.items():
+            load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'--model {self.opt.model} ({key})', path)
+        if 'optimizer' in ckpt:
+            try:
+                self.optimizer.load_state_dict(ckpt['optimizer'])
+            except (ValueError, KeyError) as e:
+                raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
+        if ckpt.get('amp') and self.rt.scaler.is_enabled():
+            self.rt.scaler.load_state_dict(ckpt['amp'])
+        if ckpt.get('rng') is not None:
+            set_rng_state(ckpt['rng'])
+        if ckpt.get('loader_generator') is not None and self.loader.generator is not None:
+            self.loader.generator.set_state(ckpt['loader_generator'])
+        for key in self.extra:
+            if key in ckpt:
+                self.extra[key] = ckpt[key]
+        self.start_epoch = int(ckpt.get('epoch', 0)) + 1
+        self.start_step = int(ckpt.get('resume_step', 0))
+        self.rt.print(f"=> resumed from {path}: epoch {self.start_epoch}, step {self.start_step}")
+
+    def __call__(self):
+        opt, rt = self.opt, self.rt
+        resume_path = self.run.prepare(opt) if rt.is_main else (opt.resume if opt.resume != 'auto' else '')
+        if rt.distributed:                      # every process resumes from what the main one found
+            holder = [resume_path]
+            dist.broadcast_object_list(holder, src=0)
+            resume_path = holder[0]
+        if resume_path:
+            self.resume(resume_path)
+        with StopSignal() as stop:
+            for epoch in range(self.start_epoch, opt.epochs + 1):
+                self.sampler.set_epoch(epoch, self.start_step)
+                t0 = time.time()
+                meters, steps = train_epoch(
+                    epoch=epoch, loader=self.loader, sampler=self.sampler, step_fn=self.step_fn,
+                    optimizer=self.optimizer, rt=rt, opt=opt, stop=stop, fields=self.fields,
+                    start_step=self.start_step, set_lr=self.set_lr, after_step=self.after_step,
+                    modules=self.train_modules)
+                if steps < self.sampler.batches_per_epoch():                 # a signal arrived mid-epoch
+                    self._stop(stop, epoch - 1, steps)
+                self.start_step = 0
+                rt.print(f'epoch {epoch}, total time {time.time() - t0:.2f}')
+                for key, tag in self.tags:
+                    self.tb.log_value(tag, meters[key].avg if key in meters else self._value(key), epoch)
+                if self.epoch_end is not None:
+                    self.epoch_end(epoch, meters, self)
+                if rt.is_main:
+                    self.run.save(self.state(epoch, 0), epoch, opt.save_freq)
+                self.tb.flush()
+                if stop.requested:
+                    self._stop(stop, epoch, 0)
+        self.tb.close()
+        return self.extra
+
+    def _value(self, key):
+        if key == 'learning_rate':
+            return self.optimizer.param_groups[0]['lr']
+        raise KeyError(key)
+
+    def _stop(self, stop, epoch, resume_step):
+        path = os.path.join(self.run.path, 'current.pth')
+        if self.rt.is_main:
+            save_checkpoint(self.state(epoch, resume_step), path)
+        self.tb.close()
+        argv = [a for a in self.argv]
+        if '--resume' in argv:                    # the resume command replaces the old --resume value
+            i = argv.index('--resume')
+            del argv[i:i + 2]
+        raise TrainingStopped(stop_message(stop, path, epoch + (1 if resume_step else 0), resume_step, argv),
+                              exit_code=128 + stop.signum)
+
+
+# --------------------------------------------------------------------------- data set-up shared by the scripts
+
+def build_split(opt, split, transform, two_crop=False):
+    """``dataset.build_dataset`` for this run's flags (imported here: dataset.py itself imports util)."""
+    import dataset as ds
+    return ds.build_dataset(opt.dataset, opt.data_folder, split, transform, two_crop=two_crop,
+                            download=opt.download, skip_bad_images=opt.skip_bad_images)
+
+
+def check_sizes(opt, n_data, what='the training set'):
+    if n_data == 0:
+        raise UserError(f'{what} is empty')
+    if opt.batch_size > n_data:
+        raise UserError(f'--batch_size {opt.batch_size} is larger than {what} ({n_data} images); lower it')
+    if getattr(opt, 'nce_k', None) is not None and opt.nce_k >= n_data:
+        raise UserError(f'--nce_k {opt.nce_k} must be smaller than {what} ({n_data} images); lower it')
+    if getattr(opt, 'nce_k', None) is not None and opt.nce_k <= 0:
+        raise UserError(f'--nce_k must be positive, got {opt.nce_k}')
+
+
+def knn_monitor(opt, rt, encode, modules):
+    """An ``epoch_end`` hook printing and logging the weighted kNN top-1 every ``opt.knn_freq`` epochs.
+
+    ``encode`` maps a uint8 batch on the device to B x D features; returns None when there is no labelled val split.
+    """
+    import dataset as ds
+    if opt.knn_freq is None:
+        opt.knn_freq = 0 if opt.dataset in ('imagenet', 'imagenet100') else 1
+    if opt.knn_freq <= 0 or not rt.is_main:
+        return None
+    try:
+        train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size))
+        val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
+    except UserError:
+        rt.print('kNN monitor off: no labelled train/val split found')
+        return None
+    n_classes = len(train_set.classes)
+
+    def loader(d):
+        return eval_loader(d, opt, rt)
+
+    train_loader, val_loader = loader(train_set), loader(val_set)
+
+    def epoch_end(epoch, meters, fit):
+        if epoch % opt.knn_freq != 0 and epoch != opt.epochs:
+            return
+        for m in modules:
+            m.eval()
+        top1 = knn_accuracy(encode, train_loader, val_loader, n_classes, rt)
+        fit.extra['knn_top1'] = top1
+        rt.print(f'kNN (k=200, t=0.07) top-1 on val: {top1:.2f}')
+        fit.tb.log_value('knn_top1', top1, epoch)
+
+    return epoch_end
+
+
+# --------------------------------------------------------------------------- linear probing (both probe scripts)
+
+def probe_run_name(opt, prefix=''):
+    """``<pretraining run folder>_bsz_..._lr_..._decay_...``: the reference named probes after the checkpoint's folder."""
+    pretrain_run = os.path.basename(os.path.dirname(os.path.abspath(opt.model_path)))
+    return f'{prefix}{pretrain_run}_bsz_{opt.batch_size}_lr_{opt.learning_rate}_decay_{opt.weight_decay}'
+
+
+def check_probe(opt):
+    check_common(opt, needs=('data_folder', 'model_path', 'save_path', 'tb_path'))
+    if not os.path.isfile(opt.model_path):
+        raise UserError(f'--model_path {opt.model_path} does not exist: give the pretrained checkpoint (.pth) to probe')
+
+
+def load_pretrained(model, opt):
+    """Load the ``model`` entry of a pretraining checkpoint (ours or the reference's, ``module.`` keys or not)."""
+    ckpt = load_checkpoint(opt.model_path)
+    load_weights(model, checkpoint_section(ckpt, 'model', opt.model_path), f'--model {opt.model}', opt.model_path)
+    return ckpt
+
+
+class FeatureBN(nn.Module):
+    """``--bn``: a parameter-free BatchNorm on the frozen features before the linear layer (2-d or 4-d input)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels, affine=False)
+
+    def forward(self, x):
+        if x.dim() == 4:                                     # B x C x H x W: normalise per channel
+            return F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=self.training,
+                                momentum=self.bn.momentum, eps=self.bn.eps)
+        return self.bn(x)
+
+
+def run_linear_probe(opt, rt, *, encoder, features, make_classifier, train_transform, view, argv,
+                     bn=False, adam=False, cosine=False):
+    """Train a linear classifier on frozen features and validate it every epoch (both probe scripts).
+
+    ``features(x) -> B x C [x H x W]`` runs the frozen ``encoder`` on a normalised batch; ``make_classifier(C, n)``
+    builds the head for C feature channels and n classes.
+    """
+    import dataset as ds
+    run = RunFolder(os.path.join(opt.save_path, opt.model_name))
+    encoder.to(rt.device).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    ckpt = load_pretrained(encoder, opt)
+    rt.print(f"==> loaded pretrained {opt.model_path} (epoch {ckpt.get('epoch', '?')})")
+    view = view.to(rt.device)
+
+    @torch.no_grad()
+    def frozen(images):
+        with rt.autocast():
+            return features(view(images.to(rt.device, non_blocking=True))).float()
+
+    train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size) if opt.cache_features
+                            else train_transform)
+    val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
+    check_sizes(opt, len(train_set))
+    n_label = len(train_set.classes)
+    rt.print(f'number of train: {len(train_set)}, number of val: {len(val_set)}, classes: {n_label}')
+    val_loader = eval_loader(val_set, opt, rt)
+    probe_images = next(iter(val_loader))[0][:2]
+    channels = frozen(probe_images).shape[1]
+    classifier = make_classifier(channels, n_label).to(rt.device)
+    feature_bn = FeatureBN(channels).to(rt.device) if bn else None
+
+    if opt.cache_features:                    # the frozen encoder runs once, not once per epoch
+        cached = [(f.cpu(), t) for f, t in zip(*_features_and_targets(frozen, train_set, opt))]
+        train_set = _CachedFeatures(cached)
+        val_feats = list(zip(*_features_and_targets(frozen, val_set, opt)))
+        val_source = [(f.unsqueeze(0), torch.as_tensor([t])) for f, t in val_feats]
+        val_batches = _batched(val_source, opt.batch_size)
+    loader = make_loader(train_set, opt, rt, train=True, seed=opt.seed or 0)
+
+    params = list(classifier.parameters())
+    if adam:
+        optimizer = torch.optim.Adam(params, lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
+                                     weight_decay=opt.weight_decay, eps=1e-8)
+    else:
+        optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
+                                    weight_decay=opt.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+
+    # Several processes train one classifier: DDP averages its gradients (--syncBN also syncs the --bn statistics).
+    trained_head = rt.wrap(_ProbeHead(feature_bn, classifier), sync_bn=getattr(opt, 'syncBN', False))
+    classifier = unwrap(trained_head).classifier
+
+    def head(feat):
+        return trained_head(feat)
+
+    def step(batch):
+        inputs, target, _ = batch
+        feat = inputs.to(rt.device, non_blocking=True).float() if opt.cache_features else frozen(inputs)
+        target = target.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            output = head(feat)
+        output = output.float()
+        loss = criterion(output, target)
+        acc1, acc5 = accuracy(output, target, topk=(1, min(5, n_label)))
+        return StepResult(loss=loss, batch_size=target.shape[0],
+                          metrics={'loss': loss, 'acc1': acc1[0], 'acc5': acc5[0]})
+
+    def set_lr(epoch, step_in_epoch, n_batches):
+        lr = cosine_learning_rate(epoch, opt) if cosine else adjust_learning_rate(epoch, opt, optimizer)
+        if getattr(opt, 'warm', False):
+            lr *= warmup_factor(epoch, step_in_epoch, n_batches, opt.warm_epochs)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+
+    @torch.no_grad()
+    def validate():
+        trained_head.eval()
+        meters = {k: AverageMeter() for k in ('loss', 'acc1', 'acc5')}
+        batches = val_batches if opt.cache_features else ((frozen(x), t) for x, t, _ in val_loader)
+        for i, (feat, target) in enumerate(batches):
+            target = target.to(rt.device)
+            output = head(feat.to(rt.device)).float()
+            acc1, acc5 = accuracy(output, target, topk=(1, min(5, n_label)))
+            n = target.shape[0]
+            meters['loss'].update(criterion(output, target).item(), n)
+            meters['acc1'].update(acc1[0].item(), n)
+            meters['acc5'].update(acc5[0].item(), n)
+            if (i + 1) % opt.print_freq == 0:
+                rt.print(f'Test: [{i + 1}/{len(val_loader)}]\t' + format_meters(
+                    meters, [('loss', 'Loss'), ('acc1', 'Acc@1'), ('acc5', 'Acc@5')]))
+        rt.print(f" * Acc@1 {meters['acc1'].avg:.3f} Acc@5 {meters['acc5'].avg:.3f}")
+        return meters
+
+    log_path = os.path.join(run.path, opt.log)
+
+    def epoch_end(epoch, meters, fit):
+        test = validate()
+        for key, tag in (('acc1', 'test_acc'), ('acc5', 'test_acc5'), ('loss', 'test_loss')):
+            fit.tb.log_value(tag, test[key].avg, epoch)
+        fit.extra['last_acc1'], fit.extra['last_acc5'] = test['acc1'].avg, test['acc5'].avg
+        if rt.is_main:
+            with open(log_path, 'a') as f:
+                f.write(f"epoch {epoch} time {time.strftime('%Y-%m-%d %H:%M:%S')} train_loss {meters['loss'].avg:.4f} "
+                        f"train_acc {meters['acc1'].avg:.3f} test_loss {test['loss'].avg:.4f} "
+                        f"test_acc {test['acc1'].avg:.3f} test_acc5 {test['acc5'].avg:.3f}\n")
+        if test['acc1'].avg > fit.extra['best_acc1']:
+            fit.extra['best_acc1'], fit.extra['best_acc5'] = test['acc1'].avg, test['acc5'].avg
+            if rt.is_main:
+                rt.print('saving best model!')
+                save_checkpoint(fit.state(epoch, 0), os.path.join(run.path, f'{opt.model}_layer{opt.layer}.pth'))
+
+    modules = {'classifier': unwrap(trained_head).classifier}
+    if feature_bn is not None:
+        modules['feature_bn'] = unwrap(trained_head).bn
+    fit = Fit(opt=opt, rt=rt, run=run, modules=modules, optimizer=optimizer, loader=loader, step_fn=step,
+              train_modules=list(modules.values()),
+              fields=[('loss', 'Loss'), ('acc1', 'Acc@1'), ('acc5', 'Acc@5')],
+              tags=[('acc1', 'train_acc'), ('acc5', 'train_acc5'), ('loss', 'train_loss'),
+                    ('learning_rate', 'learning_rate')],
+              set_lr=set_lr, epoch_end=epoch_end, argv=argv, tb_name=f'{opt.model_name}_layer{opt.layer}',
+              extra={'best_acc1': 0.0, 'best_acc5': 0.0, 'last_acc1': 0.0, 'last_acc5': 0.0})
+    result = fit()
+    rt.print(f"best Acc@1 {result['best_acc1']:.3f} (Acc@5 {result['best_acc5']:.3f})")
+    return result
+
+
+def _features_and_targets(frozen, data, opt):
+    loader = eval_loader(data, opt)
+    feats, targets = [], []
+    for x, t, _ in loader:
+        feats.append(frozen(x).cpu())
+        targets.append(torch.as_tensor(t))
+    return torch.cat(feats), torch.cat(targets).tolist()
+
+
+class _ProbeHead(nn.Module):
+    """The optional parameter-free BatchNorm followed by the linear classifier."""
+
+    def __init__(self, bn, classifier):
+        super().__init__()
+        self.bn, self.classifier = bn, classifier
+
+    def forward(self, feat):
+        return self.classifier(self.bn(feat) if self.bn is not None else feat)
+
+
+class _CachedFeatures(torch.utils.data.Dataset):
+    """Precomputed (feature, target) pairs served as (feature, target, index), like the image data sets."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        f, t = self.pairs[i]
+        return f, t, i
+
+
+def _batched(pairs, batch_size):
+    batches = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        batches.append((torch.cat([f for f, _ in chunk]), torch.cat([t for _, t in chunk])))
+    return batches
