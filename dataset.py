@@ -14,7 +14,6 @@ same HED log/clipping, same output units.
 import gzip
 import os
 import pickle
-import shutil
 import warnings
 
 import numpy as np
@@ -649,21 +648,51 @@ def _read_cifar10(data_folder, train, download):
 
 
 def _read_fashion_mnist(data_folder, train, download):
-    """Fashion-MNIST via torchvision (FashionMNIST/raw/*-ubyte); greyscale N x 28 x 28 uint8."""
-    raw_folder = os.path.join(data_folder, 'FashionMNIST', 'raw')
-    for resource, _ in datasets.FashionMNIST.resources:
-        # Accept the .gz files as distributed: unpack them where torchvision looks.
-        unpacked = os.path.join(raw_folder, os.path.splitext(resource)[0])
-        if not os.path.isfile(unpacked) and os.path.isfile(os.path.join(raw_folder, resource)):
-            with gzip.open(os.path.join(raw_folder, resource), 'rb') as src, open(unpacked, 'wb') as dst:
-                shutil.copyfileobj(src, dst)
+    """Fashion-MNIST from its idx files (plain or .gz), greyscale N x 28 x 28 uint8.
+
+    Looked for in data_folder itself (the layout of Debian's dataset-fashion-mnist: /usr/share/datasets/fashion-mnist)
+    and in data_folder/FashionMNIST/raw (torchvision's layout, where --download puts them). Nothing is written.
+    """
+    prefix = 'train' if train else 't10k'
+    names = {'images': f'{prefix}-images-idx3-ubyte', 'labels': f'{prefix}-labels-idx1-ubyte'}
+    folders = [data_folder, os.path.join(data_folder, 'FashionMNIST', 'raw')]
+
+    def find(name):
+        for folder in folders:
+            for candidate in (name, name + '.gz'):
+                if os.path.isfile(os.path.join(folder, candidate)):
+                    return os.path.join(folder, candidate)
+        return None
+
+    if download and not all(find(n) for n in names.values()):
+        datasets.FashionMNIST(data_folder, train=train, download=True)
+    paths = {key: find(name) for key, name in names.items()}
+    missing = [names[key] + '[.gz]' for key, path in paths.items() if path is None]
+    if missing:
+        raise _missing_files_error('Fashion-MNIST', f'{folders[0]} or {folders[1]}', missing)
+    images, labels = _read_idx(paths['images']), _read_idx(paths['labels'])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f'Fashion-MNIST files in {os.path.dirname(paths["images"])} do not match '
+                        f'({images.shape} images, {labels.shape} labels); re-download them')
+    return images, labels.astype(np.int64), list(datasets.FashionMNIST.classes)
+
+
+def _read_idx(path):
+    """An idx file (LeCun's MNIST format): magic 0x0000 0x08 ndim, big-endian dims, then uint8 data."""
+    opener = gzip.open if path.endswith('.gz') else open
     try:
-        base = datasets.FashionMNIST(data_folder, train=train, download=download)
-    except RuntimeError:
-        needed = [os.path.splitext(resource)[0] for resource, _ in datasets.FashionMNIST.resources]
-        missing = [name for name in needed if not os.path.isfile(os.path.join(raw_folder, name))]
-        raise _missing_files_error('Fashion-MNIST', raw_folder, missing or needed) from None
-    return base.data.numpy(), base.targets.numpy(), list(base.classes)
+        with opener(path, 'rb') as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f'cannot read {path}: {e}; re-download it')
+    if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
+        raise UserError(f'{path} is not an idx file of uint8 data')
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f'{path} is truncated ({body.size} of {int(np.prod(dims))} values); re-download it')
+    return body.reshape(dims)
 
 
 def _build_demo(data_folder, split, transform, two_crop):

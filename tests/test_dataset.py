@@ -317,6 +317,35 @@ def test_build_fashion_mnist_missing(tmp_path):
     assert not (tmp_path / 'FashionMNIST' / 'raw').exists() or os.listdir(tmp_path / 'FashionMNIST' / 'raw') == []
 
 
+def test_build_fashion_mnist_flat_gz_layout_writes_nothing(tmp_path):
+    """Debian's dataset-fashion-mnist layout: the four .gz files straight in the folder."""
+    _write_fashion_mnist(tmp_path)
+    flat = tmp_path / 'flat'
+    flat.mkdir()
+    raw = tmp_path / 'FashionMNIST' / 'raw'
+    for name in os.listdir(raw):
+        content = (raw / name).read_bytes()
+        if not name.endswith('.gz'):
+            name, content = name + '.gz', gzip.compress(content)
+        (flat / name).write_bytes(content)
+    before = sorted(os.listdir(flat))
+    data = dataset.build_dataset('fashion-mnist', flat, 'train', TO_TENSOR)
+    assert data.targets == [0, 9, 4] and sorted(os.listdir(flat)) == before
+
+
+REAL_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_FASHION_MNIST), reason='Debian package dataset-fashion-mnist not installed')
+def test_real_fashion_mnist_files():
+    train = dataset.build_dataset('fashion-mnist', REAL_FASHION_MNIST, 'train', None)
+    val = dataset.build_dataset('fashion-mnist', REAL_FASHION_MNIST, 'val', None)
+    assert (len(train), len(val)) == (60000, 10000)
+    assert np.bincount(np.asarray(train.targets)).tolist() == [6000] * 10
+    assert np.bincount(np.asarray(val.targets)).tolist() == [1000] * 10
+    assert train.targets[0] == 9 and train.classes[9] == 'Ankle boot'   # the first training image is an ankle boot
+
+
 def _write_demo(path):
     content = {'train_images': _random_images(4, 64, 64, 5), 'train_labels': np.array([0, 1, 2, 1]),
                'val_images': _random_images(2, 64, 64, 6), 'val_labels': np.array([2, 0]),
