@@ -1,0 +1,219 @@
+"""The demo: pretrain CMC (Lab), InsDis and MoCo on the bundled emoji set, linear-probe each and a randomly initialised
+encoder of the same architecture, and print a table. Run it through ``bash scripts/demo.sh`` (which makes the
+virtualenv), or directly:
+
+    python scripts/run_demo.py                  # the full demo, ~10-15 minutes on 2 CPU cores
+    python scripts/run_demo.py --smoke          # one short epoch per stage, to check the plumbing
+    python scripts/run_demo.py --seed 1 --out results/demo_seed1
+
+Writes ``<out>.md`` (the table) and ``<out>.png`` (probe accuracy per method, pretraining loss curves), and keeps
+every probed encoder under ``<out>/`` as cmc.pth, insdis.pth, moco.pth, random.pth (CMC's architecture) and
+random_rgb.pth (InsDis/MoCo's), in the pretraining checkpoint format, so that LinearProbing.py / eval_moco_ins.py can
+probe them again on other data.
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# The recipe: chosen so that the whole demo fits 15 minutes on 2 CPU cores (see README, "The demo").
+CMC_MODEL, RGB_MODEL = 'alexnet', 'resnet18'
+COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--print_freq', '1000']
+PRETRAIN = {
+    'cmc': ('train_CMC.py', CMC_MODEL, ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--nce_t', '0.1',
+                                        '--learning_rate', '0.03']),
+    'insdis': ('train_moco_ins.py', RGB_MODEL, ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--nce_t',
+                                                '0.1', '--learning_rate', '0.03']),
+    'moco': ('train_moco_ins.py', RGB_MODEL, ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--moco',
+                                              '--nce_t', '0.1', '--learning_rate', '0.03', '--alpha', '0.99']),
+}
+EPOCHS = {'cmc': 20, 'insdis': 8, 'moco': 8}
+PROBE = {  # script, layer, learning rate
+    CMC_MODEL: ('LinearProbing.py', '5', '0.1'),
+    RGB_MODEL: ('eval_moco_ins.py', '5', '1'),
+}
+PROBE_EPOCHS = 30
+METHODS = [('cmc', 'CMC (Lab)', CMC_MODEL), ('insdis', 'InsDis', RGB_MODEL), ('moco', 'MoCo', RGB_MODEL),
+           ('random', f'random init ({CMC_MODEL}, CMC)', CMC_MODEL),
+           ('random_rgb', f'random init ({RGB_MODEL}, RGB)', RGB_MODEL)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default=os.path.join(ROOT, 'results', 'demo'))
+    p.add_argument('--smoke', action='store_true', help='one short epoch per stage (tests use this)')
+    p.add_argument('--epochs', type=str, default=None, help='override, e.g. cmc=10,insdis=4,moco=4,probe=10')
+    return p.parse_args(argv)
+
+
+class Progress:
+    """One line per event, prefixed with the stage and the elapsed time."""
+
+    def __init__(self, n_stages):
+        self.n, self.i, self.t0 = n_stages, 0, time.time()
+
+    def stage(self, text):
+        self.i += 1
+        self.say(f'[{self.i}/{self.n}] {text}')
+
+    def say(self, text):
+        print(f'{(time.time() - self.t0) / 60:5.1f} min  {text}', flush=True)
+
+
+def run_script(args, log_path, progress, total_epochs):
+    """Run one of the four scripts as a user would; show its epochs as progress, keep its output in a log."""
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        for line in proc.stdout:
+            log.write(line)
+            m = re.match(r'(?:train )?epoch (\d+), total time ([\d.]+)', line)
+            if m:
+                progress.say(f'      epoch {m.group(1)}/{total_epochs} ({float(m.group(2)):.0f} s)')
+        proc.wait()
+    if proc.returncode != 0:
+        tail = open(log_path).read().strip().splitlines()[-3:]
+        raise SystemExit(f'demo stage failed ({" ".join(args[:1])}); see {log_path}:\n' + '\n'.join(tail))
+    return open(log_path).read()
+
+
+def save_random_encoder(name, model_name, path, seed):
+    import torch
+    from models import build_cmc_model, build_ins_model
+    import util
+    torch.manual_seed(seed)
+    model = build_cmc_model(model_name) if name == 'random' else build_ins_model(model_name)
+    util.save_checkpoint({'opt': {'model': model_name, 'seed': seed, 'note': 'random initialisation'},
+                          'model': model.state_dict(), 'epoch': 0}, path)
+
+
+def knn_of(ckpt_path, method, model_name, seed):
+    """The kNN top-1 recorded by pretraining, or computed here for the random encoders."""
+    import torch
+    import torch.nn.functional as F
+    import util
+    from dataset import DeviceView, build_dataset, eval_transform
+    from models import build_cmc_model, build_ins_model
+    ckpt = util.load_checkpoint(ckpt_path)
+    if 'knn_top1' in ckpt:
+        return ckpt['knn_top1']
+    cmc = method == 'random'
+    model = build_cmc_model(model_name) if cmc else build_ins_model(model_name)
+    model.load_state_dict(ckpt['model'])
+    model.eval()
+    view = DeviceView('Lab' if cmc else 'RGB')
+
+    def encode(x):
+        out = model(view(x))
+        return torch.cat([F.normalize(o, dim=1) for o in out], 1) if cmc else out
+
+    rt = util.Runtime(device=torch.device('cpu'))
+    opt = argparse.Namespace(batch_size=128, num_workers=0)
+    loaders = [util.eval_loader(build_dataset('demo', None, split, eval_transform(64)), opt)
+               for split in ('train', 'val')]
+    return util.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
+
+
+def loss_curve(tb_folder, method):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(tb_folder)
+    acc.Reload()
+    tags = ['l_loss', 'ab_loss'] if method == 'cmc' else ['ins_loss']
+    series = [acc.Scalars(t) for t in tags]
+    return [e.step for e in series[0]], [sum(s[i].value for s in series) for i in range(len(series[0]))]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    epochs = dict(EPOCHS, probe=PROBE_EPOCHS)
+    if args.smoke:
+        epochs = {k: 1 for k in epochs}
+    if args.epochs:
+        epochs.update({k: int(v) for k, v in (kv.split('=') for kv in args.epochs.split(','))})
+    out = os.path.abspath(args.out)
+    for sub in ('runs', 'tb', 'probe', 'logs'):
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    os.makedirs(os.path.join(out, 'logs'), exist_ok=True)
+    progress = Progress(len(PRETRAIN) + len(METHODS) + 1)
+    seed = ['--seed', str(args.seed)]
+    minutes, curves = {}, {}
+
+    for method, (script, model, extra) in PRETRAIN.items():
+        progress.stage(f'pretraining {method} ({model}, {epochs[method]} epochs)')
+        t0 = time.time()
+        run_script([script, *COMMON, *seed, '--model', model, *extra, '--epochs', str(epochs[method]),
+                    '--knn_freq', str(epochs[method]), '--model_path', os.path.join(out, 'runs', method),
+                    '--tb_path', os.path.join(out, 'tb', method)],
+                   os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method])
+        minutes[method] = (time.time() - t0) / 60
+        (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
+        shutil.copyfile(ckpt, os.path.join(out, f'{method}.pth'))
+        (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
+        curves[method] = loss_curve(tb, method)
+
+    rows = []
+    for method, label, model in METHODS:
+        progress.stage(f'linear probe of {label}')
+        t0 = time.time()
+        path = os.path.join(out, f'{method}.pth')
+        if method.startswith('random'):
+            save_random_encoder(method, model, path, args.seed)
+        script, layer, lr = PROBE[model]
+        run_script([script, *COMMON, *seed, '--model', model, '--layer', layer, '--learning_rate', lr,
+                    '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128',
+                    '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
+                    '--cache_features', '--save_path', os.path.join(out, 'probe', method),
+                    '--tb_path', os.path.join(out, 'tb', 'probe')],
+                   os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'])
+        # the final epoch's val accuracy (not the best over epochs, which would pick on val)
+        (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
+        import util
+        result = util.load_checkpoint(final)
+        knn = knn_of(path, method, model, args.seed)
+        minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
+        rows.append((label, result['last_acc1'], result['last_acc5'], knn, minutes[method]))
+
+    progress.stage('writing the table and the figure')
+    table = write_report(out, rows, curves, args, epochs)
+    print(table)
+    progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
+
+
+def write_report(out, rows, curves, args, epochs):
+    lines = ['| method | probe top-1 | probe top-5 | kNN top-1 | minutes |', '|---|---:|---:|---:|---:|']
+    lines += [f'| {label} | {a1:.1f} | {a5:.1f} | {knn:.1f} | {m:.1f} |' for label, a1, a5, knn, m in rows]
+    table = '\n'.join(lines)
+    with open(out + '.md', 'w') as f:
+        f.write(f'# Demo results (seed {args.seed}{", smoke mode" if args.smoke else ""})\n\n'
+                f'Emoji demo set (1,528 train / 378 val, 9 classes), 64 px, CPU. Pretraining epochs: '
+                f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}; linear probe '
+                f'{epochs["probe"]} epochs on cached frozen features (layer 5). Majority class: 20.4% top-1.\n\n'
+                f'{table}\n\n![probe accuracy and loss curves]({os.path.basename(out)}.png)\n')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color='tab:blue')
+    ax1.axvline(20.4, color='grey', ls='--', label='majority class')
+    ax1.set_xlabel('linear probe top-1 (%)')
+    ax1.legend(loc='lower right')
+    for method, (x, y) in curves.items():
+        ax2.plot(x, y, marker='o', label=method)
+    ax2.set_xlabel('epoch')
+    ax2.set_ylabel('pretraining loss')
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out + '.png', dpi=100)
+    return table
+
+
+if __name__ == '__main__':
+    main()
