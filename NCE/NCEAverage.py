@@ -14,13 +14,14 @@ No host sync in any forward: hyper-parameters stay device tensors, the first-cal
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .alias_multinomial import sample_contrast_indices
 
 __all__ = ['ContrastMemory', 'NCEAverage', 'MemoryInsDis', 'MemoryMoCo', 'score_against_memory', 'momentum_update_',
-           'init_memory']
+           'init_memory', 'gather_from_all_processes']
 
 
 def init_memory(num_rows, dim):
@@ -38,6 +39,25 @@ def score_against_memory(feature, memory, idx):
     rows = memory[idx]  # B x (K+1) x D, a gathered copy: later in-place memory writes do not touch it
     dots = torch.bmm(rows, feature.reshape(batch_size, -1, 1).to(memory.dtype))  # B x (K+1) x 1
     return dots.reshape(batch_size, -1).to(memory.dtype)  # B x (K+1)
+
+
+def _world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def gather_from_all_processes(x):
+    """Concatenate x (B x ...) over the torchrun processes, in rank order; x itself in a single process.
+
+    Every process then applies the same memory update, so the memory banks stay synchronised (the reference's
+    banks drifted apart, each process updating only the rows of its own samples).
+    """
+    world_size = _world_size()
+    if world_size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -84,6 +104,9 @@ class ContrastMemory(nn.Module):
         exp_scores = torch.exp(dots / temperature)  # B x (K+1)
         with torch.no_grad():
             estimate = exp_scores.mean() * self.outputSize
+            if _world_size() > 1:                   # one Z for all processes: average their estimates
+                dist.all_reduce(estimate)
+                estimate = estimate / _world_size()
             z_current = self.params[z_slot]
             z_kept = z_current if self.z_momentum is None else \
                 self.z_momentum * z_current + (1 - self.z_momentum) * estimate
@@ -117,8 +140,9 @@ class NCEAverage(ContrastMemory):
         temperature, momentum = self.params[1].clone(), self.params[4].clone()
         out_l = self.calibrate(score_against_memory(l, self.memory_ab, idx), temperature, 2)  # B x (K+1)
         out_ab = self.calibrate(score_against_memory(ab, self.memory_l, idx), temperature, 3)  # B x (K+1)
+        y_all = gather_from_all_processes(y)
         for memory, feature in ((self.memory_l, l), (self.memory_ab, ab)):
-            momentum_update_(memory, y, feature, momentum)
+            momentum_update_(memory, y_all, gather_from_all_processes(feature.detach()), momentum)
         return out_l.unsqueeze(-1), out_ab.unsqueeze(-1)  # B x (K+1) x 1 each
 
 
@@ -138,7 +162,7 @@ class MemoryInsDis(ContrastMemory):
         idx = self.contrast_indices(y, idx)  # B x (K+1)
         temperature, momentum = self.params[1].clone(), self.params[3].clone()
         out = self.calibrate(score_against_memory(x, self.memory, idx), temperature, 2)  # B x (K+1)
-        momentum_update_(self.memory, y, x, momentum)
+        momentum_update_(self.memory, gather_from_all_processes(y), gather_from_all_processes(x.detach()), momentum)
         return out
 
 
@@ -168,7 +192,7 @@ class MemoryMoCo(ContrastMemory):
         negatives = q @ queue.t()  # B x K
         dots = torch.cat([positive, negatives], dim=1).to(queue.dtype)  # B x (K+1)
         out = self.calibrate(dots, self.T, 0)
-        self.enqueue_(k)
+        self.enqueue_(gather_from_all_processes(k))     # every process enqueues all keys: one shared queue
         return out
 
     @torch.no_grad()
