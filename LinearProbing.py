@@ -17,7 +17,6 @@ On a laptop CPU, probing a demo checkpoint:
         --model_path results/demo/cmc.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
         --batch_size 64 --num_workers 0 --cache_features
 """
-import argparse
 
 import torch
 
@@ -31,7 +30,7 @@ LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
 
 
 def parse_option(argv=None):
-    parser = argparse.ArgumentParser('argument for training')
+    parser = util.ArgumentParser('argument for training')
     util.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
                           lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
     util.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)

@@ -13,7 +13,6 @@ On a laptop CPU, probing a demo checkpoint:
         --model_path results/demo/moco.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
         --batch_size 64 --num_workers 0 --cache_features
 """
-import argparse
 
 import util
 from dataset import DeviceView, moco_train_transform
@@ -24,13 +23,12 @@ WIDTH = {'resnet50': 1, 'resnet50x2': 2, 'resnet50x4': 4, 'resnet18': 1}
 
 
 def parse_option(argv=None):
-    parser = argparse.ArgumentParser('argument for training')
+    parser = util.ArgumentParser('argument for training')
     util.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
                           lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0, dataset='imagenet100')
     util.add_probe_flags(parser, model_default='resnet50', model_choices=INS_MODEL_NAMES)
     parser.add_argument('--crop', type=float, default=0.2, help='minimum crop')
     parser.add_argument('--aug', type=str, default='CJ', choices=['NULL', 'CJ'])
-    parser.add_argument('--bn', action='store_true', help='parameter-free BatchNorm on the features before the linear layer')
     parser.add_argument('--cosine', action='store_true',
                         help='cosine annealing over all epochs to lr * lr_decay_rate^3 * 0.1 (instead of step decay)')
     parser.add_argument('--adam', action='store_true', help='Adam (--beta1, --beta2, eps 1e-8) instead of SGD')
@@ -67,7 +65,7 @@ def main(argv=None):
         make_classifier=lambda channels, n_label: LinearClassifierResNet(opt.layer, n_label, 'avg', WIDTH[opt.model],
                                                                          in_channels=channels),
         train_transform=moco_train_transform(opt.image_size, opt.crop, opt.aug), view=DeviceView('RGB'),
-        argv=util.command_line(__file__, argv), bn=opt.bn, adam=opt.adam, cosine=opt.cosine)
+        argv=util.command_line(__file__, argv), adam=opt.adam, cosine=opt.cosine)
 
 
 if __name__ == '__main__':

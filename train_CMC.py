@@ -15,7 +15,6 @@ On a laptop CPU, with the bundled demo data:
     python train_CMC.py --dataset demo --image_size 64 --model alexnet --batch_size 64 --nce_k 1024 \
         --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +27,13 @@ from NCE.NCECriterion import NCECriterion, NCESoftmaxLoss
 
 
 def parse_option(argv=None):
-    parser = argparse.ArgumentParser('argument for training')
+    parser = util.ArgumentParser('argument for training')
     util.add_common_flags(parser)
     util.add_pretrain_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
     parser.add_argument('--view', type=str, default='Lab', choices=['Lab', 'YCbCr'])
     parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
     opt = parser.parse_args(argv)
-    util.check_common(opt, needs=('data_folder', 'model_path', 'tb_path'))
+    util.check_pretrain(opt)
     if opt.dataset in GRAYSCALE_DATASETS:
         raise util.UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views to split; '
                              f'use train_moco_ins.py, or a colour data set')
@@ -64,6 +63,7 @@ def main(argv=None):
     model = build_cmc_model(opt.model, opt.feat_dim).to(rt.device)
     contrast = NCEAverage(opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
                           z_momentum=opt.z_momentum).to(rt.device)
+    rt.broadcast(contrast)                     # one memory bank: every process starts from rank 0's
     criterion_l = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
     criterion_ab = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
     trained = rt.wrap(model)

@@ -15,7 +15,6 @@ On a laptop CPU, with the bundled demo data (resnet18 is this project's small ad
     python train_moco_ins.py --dataset demo --image_size 64 --model resnet18 --batch_size 64 --nce_k 1024 \
         --softmax --moco --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
-import argparse
 import copy
 
 import torch
@@ -28,7 +27,7 @@ from NCE.NCECriterion import NCECriterion, NCESoftmaxLoss
 
 
 def parse_option(argv=None):
-    parser = argparse.ArgumentParser('argument for training')
+    parser = util.ArgumentParser('argument for training')
     util.add_common_flags(parser, dataset='imagenet100')
     util.add_pretrain_flags(parser, model_default='resnet50', model_choices=INS_MODEL_NAMES)
     parser.add_argument('--crop', type=float, default=0.2, help='minimum crop')
@@ -39,7 +38,7 @@ def parse_option(argv=None):
     parser.add_argument('--alpha', type=float, default=0.999, help='exponential moving average weight')
     parser.add_argument('--gpu', default=None, type=int, help='GPU id to use (implies --device cuda)')
     opt = parser.parse_args(argv)
-    util.check_common(opt, needs=('data_folder', 'model_path', 'tb_path'))
+    util.check_pretrain(opt)
     if not 0 <= opt.alpha <= 1:
         raise util.UserError(f'--alpha must be in [0, 1], got {opt.alpha}')
     if opt.dataset == 'imagenet' and 'alexnet' not in opt.model:
@@ -89,6 +88,8 @@ def main(argv=None):
         contrast = MemoryInsDis(opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
                                 z_momentum=opt.z_momentum).to(rt.device)
     modules['contrast'] = contrast
+    for module in modules.values():            # DDP syncs `model`; the rest starts from rank 0's copy too
+        rt.broadcast(module)
     criterion = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
     trained = rt.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,

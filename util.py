@@ -10,6 +10,8 @@ import math
 import os
 import pickle
 import random
+import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -44,14 +46,24 @@ def run_main(main, argv=None):
     try:
         main(argv)
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as e:
-        print(str(e), file=sys.stderr)
+        if str(e):
+            print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def one_line(error):
+    """A UserError's message on one line. One raised in a DataLoader worker comes back re-raised in the parent with
+    "Caught UserError in DataLoader worker process N" and the worker's traceback as its text: keep the original."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and 'DataLoader worker' in lines[0]:
+        lines = [re.sub(r'^([\w.]+\.)?UserError: ', '', lines[-1])]
+    return ' '.join(lines)
 
 
 # --------------------------------------------------------------------------- reference utilities
@@ -120,6 +132,15 @@ def accuracy(output, target, topk=(1,)):
 
 
 # --------------------------------------------------------------------------- flags
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown flag, a bad value or choice) are one line like every other user error:
+    ``error: ...`` and exit status 2, without the usage block (``--help`` still prints it)."""
+
+    def error(self, message):
+        print(f'error: {message} (see --help)', file=sys.stderr)
+        sys.exit(2)
+
 
 COMPAT = 'kept for compatibility with the reference; has no effect'
 OPT_LEVEL_HELP = ('kept for compatibility (NVIDIA apex is gone): O1 and O2 both mean torch.autocast, bfloat16 where '
@@ -202,6 +223,9 @@ def add_probe_flags(parser, *, model_default, model_choices, layer=6):
     p.add_argument('--log', type=str, default='time_linear.txt',
                    help='a text file in the run folder that gets one line per epoch (time, losses, accuracies)')
     p.add_argument('--gpu', default=None, type=int, help='GPU id to use (implies --device cuda)')
+    p.add_argument('--bn', action='store_true',
+                   help='parameter-free BatchNorm on the features before the linear layer (LinearProbing.py: an '
+                   'addition of this project; it makes one learning rate fit encoders whose feature scales differ)')
     p.add_argument('--cache_features', action='store_true',
                    help='compute the frozen features once, without augmentation, and train the linear layer on '
                    'them (much faster; the reference re-ran the encoder with augmentation every epoch)')
@@ -223,17 +247,33 @@ def check_common(opt, *, needs=('data_folder', 'tb_path')):
             continue
         if not getattr(opt, name):
             raise UserError(f'--{name} is required')
-    for name in ('batch_size', 'epochs', 'print_freq', 'save_freq', 'image_size'):
-        if getattr(opt, name) <= 0:
+    for name in ('batch_size', 'epochs', 'print_freq', 'save_freq', 'image_size', 'warm_epochs', 'feat_dim'):
+        if hasattr(opt, name) and getattr(opt, name) <= 0:
             raise UserError(f'--{name} must be positive, got {getattr(opt, name)}')
     if opt.num_workers < 0:
         raise UserError(f'--num_workers must be >= 0, got {opt.num_workers}')
-    if not opt.learning_rate > 0:
-        raise UserError(f'--learning_rate must be positive, got {opt.learning_rate}')
+    if not (math.isfinite(opt.learning_rate) and opt.learning_rate > 0):   # nan and inf pass a plain "> 0"
+        raise UserError(f'--learning_rate must be a positive number, got {opt.learning_rate}')
+    for name in ('crop', 'crop_low'):
+        if hasattr(opt, name) and not 0 < getattr(opt, name) <= 1:
+            raise UserError(f'--{name} must be in (0, 1], got {getattr(opt, name)}')
     if opt.weight_decay < 0 or not 0 < opt.lr_decay_rate <= 1 or not 0 <= opt.momentum < 1:
         raise UserError('need --weight_decay >= 0, 0 < --lr_decay_rate <= 1 and 0 <= --momentum < 1')
     if opt.image_size < 32:
         raise UserError(f'--image_size must be at least 32 (64 or more recommended), got {opt.image_size}')
+
+
+def check_pretrain(opt):
+    """``check_common`` plus the contrast flags of the two pretraining scripts (before any data is read)."""
+    check_common(opt, needs=('data_folder', 'model_path', 'tb_path'))
+    if opt.nce_k <= 0:
+        raise UserError(f'--nce_k must be positive, got {opt.nce_k}')
+    if not (math.isfinite(opt.nce_t) and opt.nce_t > 0):
+        raise UserError(f'--nce_t must be a positive number, got {opt.nce_t}')
+    for name in ('nce_m', 'z_momentum'):
+        value = getattr(opt, name)
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f'--{name} must be in [0, 1], got {value}')
 
 
 def command_line(script, argv):
@@ -278,6 +318,13 @@ class Runtime:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == 'cuda' else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def broadcast(self, module):
+        """Give every process rank 0's parameters and buffers (a memory bank or key encoder not under DDP)."""
+        if self.distributed:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+        return module
 
     def print(self, *args, **kwargs):
         if self.is_main:
@@ -362,13 +409,22 @@ def _to_python(x):
 def save_checkpoint(state, path):
     """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
 
-    A kill at any moment leaves either the old file or the new one, never a truncated one.
+    A kill at any moment leaves either the old file or the new one, never a truncated one; the temporary file a
+    killed write left behind is removed by the next save to the same path (one writer per path, as in a run).
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    prefix = '.' + os.path.basename(path) + '.'
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith('.tmp'):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)         # mkstemp makes the file private; a checkpoint is not
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -378,6 +434,15 @@ def save_checkpoint(state, path):
             os.remove(tmp)
         raise
     _fsync_dir(folder)
+
+
+def _read_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder):
@@ -403,9 +468,12 @@ def load_checkpoint(path, map_location='cpu'):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()
-        detail = next((line for line in detail if 'GLOBAL' in line or 'Unsupported' in line), detail[0] if detail else '')
-        raise UserError(f'refusing to load {path}: it holds pickled objects that could run code ({detail.strip()}); '
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        code = next((line for line in lines if 'GLOBAL' in line), None)   # a class or function the pickle would call
+        if code is None:                 # e.g. "Unsupported operand": bytes that are no torch.save pickle at all
+            detail = next((line for line in lines if 'Unsupported' in line), lines[0] if lines else '')
+            raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {detail}')
+        raise UserError(f'refusing to load {path}: it holds pickled objects that could run code ({code}); '
                         f'only tensors, plain containers and argparse.Namespace are accepted')
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -424,8 +492,14 @@ def checkpoint_section(ckpt, key, path):
     return ckpt[key]
 
 
-def load_weights(module, state_dict, what, path):
-    """``module.load_state_dict`` with a one-line error naming the model and the mismatching keys."""
+def trained_model(ckpt):
+    """The ``--model`` a checkpoint was trained with, from its ``opt`` (ours or the reference's), or None."""
+    opt = ckpt.get('opt')
+    return opt.get('model') if isinstance(opt, dict) else None
+
+
+def load_weights(module, state_dict, what, path, trained_with=None):
+    """``module.load_state_dict`` with a one-line error naming the model, the checkpoint's model and the keys."""
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -434,8 +508,10 @@ def load_weights(module, state_dict, what, path):
         missing = sorted(own - {strip(k) for k in theirs})[:3]
         unexpected = sorted({strip(k) for k in theirs} - own)[:3]
         lines = [line for line in str(e).splitlines() if 'size mismatch' in line][:1]
-        raise UserError(f'{path} does not fit {what}: missing keys {missing}, unexpected keys {unexpected}'
-                        f'{"; " + lines[0].strip() if lines else ""} (was it trained with another --model?)')
+        origin = (f'it was trained with --model {trained_with}' if trained_with else
+                  'was it trained with another --model?')
+        raise UserError(f'{path} does not fit {what} ({origin}): missing keys {missing}, unexpected keys {unexpected}'
+                        f'{"; " + lines[0].strip() if lines else ""}')
 
 
 class RunFolder:
@@ -450,7 +526,10 @@ class RunFolder:
         return sorted(f for f in os.listdir(self.path) if f.endswith('.pth'))
 
     def prepare(self, opt):
-        """Return the checkpoint to resume from (or None), after checking the folder is safe to write."""
+        """Return the checkpoint to resume from (or None), after checking the folder is safe to write.
+
+        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace.
+        """
         resume = opt.resume
         if resume == 'auto':
             current = os.path.join(self.path, 'current.pth')
@@ -462,7 +541,6 @@ class RunFolder:
         elif self.checkpoints() and not opt.overwrite:
             raise UserError(f'{self.path} already holds checkpoints ({", ".join(self.checkpoints()[:3])}); '
                             f'pass --resume auto to continue that run, or --overwrite to start over')
-        os.makedirs(self.path, exist_ok=True)
         return resume or None
 
     def save(self, state, epoch, save_freq):
@@ -526,6 +604,18 @@ def make_loader(dataset, opt, rt, *, train, seed=0):
     return loader
 
 
+def set_loader_epoch(loader, epoch, start_batch=0):
+    """Position a :func:`make_loader` loader at batch ``start_batch`` of ``epoch``.
+
+    The sampler's order and the generator that seeds the workers' RNGs (one draw per ``iter(loader)``) both derive
+    from (seed, epoch) alone, so a run resumed at an epoch boundary reads and augments exactly like an uninterrupted
+    one whatever the number of workers, and a resume mid-epoch draws nothing extra from a saved stream.
+    """
+    loader.sampler.set_epoch(epoch, start_batch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(loader.sampler.seed * 1000003 + epoch + 500009)   # not the sampler's stream
+
+
 def eval_loader(dataset, opt, rt=None):
     """An in-order loader for evaluation. Its own generator keeps it from drawing on the global RNG, so
     evaluating between epochs does not change what training does next."""
@@ -537,16 +627,20 @@ def eval_loader(dataset, opt, rt=None):
 # --------------------------------------------------------------------------- logging
 
 class TBLogger:
-    """TensorBoard scalars through torch.utils.tensorboard, with the old tensorboard_logger's ``log_value``."""
+    """TensorBoard scalars through torch.utils.tensorboard, with the old tensorboard_logger's ``log_value``.
+
+    The event file is created with the first value, so a run refused or failing before it logs anything leaves
+    no file behind (an existing run's TensorBoard folder stays as it was).
+    """
 
     def __init__(self, log_dir, enabled=True):
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            os.makedirs(log_dir, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=log_dir)
+        self.log_dir, self.enabled, self.writer = log_dir, enabled, None
 
     def log_value(self, tag, value, step):
+        if self.enabled and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            os.makedirs(self.log_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=self.log_dir)
         if self.writer is not None:
             self.writer.add_scalar(tag, float(value), step)
 
@@ -557,17 +651,20 @@ class TBLogger:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+        self.enabled, self.writer = False, None
 
 
 class StopSignal:
     """Turns SIGTERM / SIGINT into a flag the epoch loop checks after each step (a scheduler's pre-emption)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in self.SIGNALS:
             self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -584,6 +681,16 @@ class StopSignal:
     @property
     def requested(self):
         return self.signum is not None
+
+    def agreed(self, rt):
+        """Whether to stop now. In a multi-process run every process must stop after the same step (one stopping
+        alone would leave the others waiting in DDP's all-reduce), so any process's signal counts for all."""
+        if rt.distributed:
+            votes = torch.tensor([self.signum == s for s in self.SIGNALS], dtype=torch.float32, device=rt.device)
+            dist.all_reduce(votes)                                        # how many processes got each signal
+            got = [s for s, n in zip(self.SIGNALS, votes.tolist()) if n > 0]
+            self.signum = got[0] if got else None
+        return self.requested
 
 
 def progress(iterable, total, desc, enabled):
@@ -631,13 +738,14 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         if set_lr is not None:
             set_lr(epoch, step, n_batches)
         result = step_fn(batch)
-        loss_value = result.loss.item()           # one sync per step, after the forward: needed to stop on NaN
-        if not math.isfinite(loss_value):
+        loss_value = global_loss(result.loss, rt)   # one sync per step, after the forward: needed to stop on NaN
+        if not math.isfinite(loss_value):          # every process sees the same sum: all stop here, one says why
             raise TrainingStopped(
-                f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1}; stopping without saving (the last '
-                f'checkpoint is kept as it was). Likely causes: a learning rate too high for this batch size, or '
-                f'--amp with the NCE loss (exp(s/T) overflows float16); try a lower --learning_rate or drop --amp.',
-                exit_code=3)
+                f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1} of {n_batches}; stopped without '
+                f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
+                f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
+                f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.'
+                if rt.is_main else '', exit_code=3)
         optimizer.zero_grad(set_to_none=True)
         rt.scaler.scale(result.loss).backward()
         rt.scaler.step(optimizer)
@@ -653,15 +761,27 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         if rt.is_main and (step % opt.print_freq == 0):
             print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
                   f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
-        if stop.requested:
+        if stop.agreed(rt):
             break
     return meters, step
 
 
-def stop_message(stop, ckpt_path, epoch, step, script_argv):
+def global_loss(loss, rt):
+    """``loss.item()``; in a multi-process run the sum over processes, so that a non-finite loss in any process
+    stops all of them at the same step."""
+    if rt.distributed:
+        loss = loss.detach().float().clone()
+        dist.all_reduce(loss)
+    return loss.item()
+
+
+def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
+    """The one line a stopped run ends with: where it stopped and the command that continues it."""
     name = signal.Signals(stop.signum).name
-    return (f'stopped by {name} at epoch {epoch}, step {step}; the position is saved in {ckpt_path}. Resume with: '
-            f'python {" ".join(script_argv)} --resume {ckpt_path}')
+    where = (f'at epoch {epochs_done + 1}, step {resume_step} of {n_batches}' if resume_step else
+             f'after epoch {epochs_done}')
+    command = shlex.join([*launcher, *script_argv, '--resume', ckpt_path])
+    return f'stopped by {name} {where}; the position is saved in {ckpt_path}. Resume with: {command}'
 
 
 # --------------------------------------------------------------------------- k-nearest-neighbour monitor
@@ -728,9 +848,20 @@ class Fit:
         self.tb = TBLogger(os.path.join(opt.tb_path, tb_name or opt.model_name), enabled=rt.is_main)
         self.start_epoch, self.start_step = 1, 0
 
-    def state(self, epoch, resume_step):
+    def rng_states(self):
+        """Every process's RNG states, in rank order. A collective in a multi-process run: all processes call it."""
+        mine = rng_state()
+        if not self.rt.distributed:
+            return [mine]
+        states = [None] * self.rt.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def state(self, epoch, resume_step, rngs=None):
+        rngs = rngs or [rng_state()]
         state = {'opt': opt_to_dict(self.opt), 'epoch': epoch, 'resume_step': resume_step,
-                 'optimizer': self.optimizer.state_dict(), 'rng': rng_state(),
+                 'optimizer': self.optimizer.state_dict(), 'rng': rngs[0],
+                 'rng_per_process': rngs if len(rngs) > 1 else None,
                  'loader_generator': self.loader.generator.get_state() if self.loader.generator is not None else None}
         for key, module in self.modules.items():
             state[key] = unwrap(module).state_dict()
@@ -742,7 +873,8 @@ class Fit:
     def resume(self, path):
         ckpt = load_checkpoint(path)
         for key, module in self.modules.items():
-            load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'--model {self.opt.model} ({key})', path)
+            load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
+                         path, trained_model(ckpt))
         if 'optimizer' in ckpt:
             try:
                 self.optimizer.load_state_dict(ckpt['optimizer'])
@@ -750,7 +882,10 @@ class Fit:
                 raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
         if ckpt.get('amp') and self.rt.scaler.is_enabled():
             self.rt.scaler.load_state_dict(ckpt['amp'])
-        if ckpt.get('rng') is not None:
+        per_process = ckpt.get('rng_per_process')
+        if per_process is not None and len(per_process) == self.rt.world_size:
+            set_rng_state(per_process[self.rt.rank])
+        elif ckpt.get('rng') is not None:
             set_rng_state(ckpt['rng'])
         if ckpt.get('loader_generator') is not None and self.loader.generator is not None:
             self.loader.generator.set_state(ckpt['loader_generator'])
@@ -770,9 +905,11 @@ class Fit:
             resume_path = holder[0]
         if resume_path:
             self.resume(resume_path)
+        if rt.is_main:
+            os.makedirs(self.run.path, exist_ok=True)
         with StopSignal() as stop:
             for epoch in range(self.start_epoch, opt.epochs + 1):
-                self.sampler.set_epoch(epoch, self.start_step)
+                set_loader_epoch(self.loader, epoch, self.start_step)
                 t0 = time.time()
                 meters, steps = train_epoch(
                     epoch=epoch, loader=self.loader, sampler=self.sampler, step_fn=self.step_fn,
@@ -781,16 +918,18 @@ class Fit:
                     modules=self.train_modules)
                 if steps < self.sampler.batches_per_epoch():                 # a signal arrived mid-epoch
                     self._stop(stop, epoch - 1, steps)
+                self._report_skipped()
                 self.start_step = 0
                 rt.print(f'epoch {epoch}, total time {time.time() - t0:.2f}')
                 for key, tag in self.tags:
                     self.tb.log_value(tag, meters[key].avg if key in meters else self._value(key), epoch)
                 if self.epoch_end is not None:
                     self.epoch_end(epoch, meters, self)
+                rngs = self.rng_states()
                 if rt.is_main:
-                    self.run.save(self.state(epoch, 0), epoch, opt.save_freq)
+                    self.run.save(self.state(epoch, 0, rngs), epoch, opt.save_freq)
                 self.tb.flush()
-                if stop.requested:
+                if stop.agreed(rt):                    # a signal during the epoch-end work
                     self._stop(stop, epoch, 0)
         self.tb.close()
         return self.extra
@@ -800,17 +939,31 @@ class Fit:
             return self.optimizer.param_groups[0]['lr']
         raise KeyError(key)
 
-    def _stop(self, stop, epoch, resume_step):
+    def _report_skipped(self):
+        """--skip_bad_images: say how many files were skipped (counted where they were read: with --num_workers 0
+        here; workers warn once per file instead)."""
+        skipped = getattr(self.loader.dataset, 'num_skipped', 0)
+        if skipped:
+            self.rt.print(f'skipped {skipped} undecodable image{"s" if skipped != 1 else ""} so far '
+                          f'(--skip_bad_images)')
+
+    def _stop(self, stop, epochs_done, resume_step):
+        """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
         path = os.path.join(self.run.path, 'current.pth')
+        rngs = self.rng_states()
         if self.rt.is_main:
-            save_checkpoint(self.state(epoch, resume_step), path)
+            save_checkpoint(self.state(epochs_done, resume_step, rngs), path)
         self.tb.close()
-        argv = [a for a in self.argv]
-        if '--resume' in argv:                    # the resume command replaces the old --resume value
-            i = argv.index('--resume')
-            del argv[i:i + 2]
-        raise TrainingStopped(stop_message(stop, path, epoch + (1 if resume_step else 0), resume_step, argv),
-                              exit_code=128 + stop.signum)
+        argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
+        while rest:
+            arg = rest.pop(0)
+            if arg == '--resume':
+                rest = rest[1:]
+            elif not arg.startswith('--resume='):
+                argv.append(arg)
+        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
+        message = stop_message(stop, path, epochs_done, resume_step, self.sampler.batches_per_epoch(), argv, launcher)
+        raise TrainingStopped(message if self.rt.is_main else '', exit_code=128 + stop.signum)   # said once
 
 
 # --------------------------------------------------------------------------- data set-up shared by the scripts
@@ -829,8 +982,6 @@ def check_sizes(opt, n_data, what='the training set'):
         raise UserError(f'--batch_size {opt.batch_size} is larger than {what} ({n_data} images); lower it')
     if getattr(opt, 'nce_k', None) is not None and opt.nce_k >= n_data:
         raise UserError(f'--nce_k {opt.nce_k} must be smaller than {what} ({n_data} images); lower it')
-    if getattr(opt, 'nce_k', None) is not None and opt.nce_k <= 0:
-        raise UserError(f'--nce_k must be positive, got {opt.nce_k}')
 
 
 def knn_monitor(opt, rt, encode, modules):
@@ -886,7 +1037,8 @@ def check_probe(opt):
 def load_pretrained(model, opt):
     """Load the ``model`` entry of a pretraining checkpoint (ours or the reference's, ``module.`` keys or not)."""
     ckpt = load_checkpoint(opt.model_path)
-    load_weights(model, checkpoint_section(ckpt, 'model', opt.model_path), f'--model {opt.model}', opt.model_path)
+    load_weights(model, checkpoint_section(ckpt, 'model', opt.model_path), f'--model {opt.model}', opt.model_path,
+                 trained_model(ckpt))
     return ckpt
 
 
@@ -905,7 +1057,7 @@ class FeatureBN(nn.Module):
 
 
 def run_linear_probe(opt, rt, *, encoder, features, make_classifier, train_transform, view, argv,
-                     bn=False, adam=False, cosine=False):
+                     adam=False, cosine=False):
     """Train a linear classifier on frozen features and validate it every epoch (both probe scripts).
 
     ``features(x) -> B x C [x H x W]`` runs the frozen ``encoder`` on a normalised batch; ``make_classifier(C, n)``
@@ -935,7 +1087,7 @@ def run_linear_probe(opt, rt, *, encoder, features, make_classifier, train_trans
     probe_images = next(iter(val_loader))[0][:2]
     channels = frozen(probe_images).shape[1]
     classifier = make_classifier(channels, n_label).to(rt.device)
-    feature_bn = FeatureBN(channels).to(rt.device) if bn else None
+    feature_bn = FeatureBN(channels).to(rt.device) if opt.bn else None
 
     if opt.cache_features:                    # the frozen encoder runs once, not once per epoch
         cached = [(f.cpu(), t) for f, t in zip(*_features_and_targets(frozen, train_set, opt))]

@@ -4,7 +4,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tiny models: one thread is as fast and does not fight the subprocesses some tests start for the two cores.
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

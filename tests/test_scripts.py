@@ -183,3 +183,14 @@ def test_missing_required_path_is_one_clear_line(missing, tmp_path):
     proc = subprocess.run([sys.executable, 'train_CMC.py', *args], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f'error: {missing} is required'
+
+
+def test_amp_runs_on_the_cpu_with_bfloat16_and_names_the_run(tmp_path, image_folder):
+    train_CMC.main(cmc_args(tmp_path, image_folder, '--amp', '--epochs', '1', '--softmax'))
+    folder = run_dir(tmp_path)
+    assert os.path.basename(folder).endswith('_amp_O2_view_Lab')
+    ckpt = util.load_checkpoint(os.path.join(folder, 'current.pth'))
+    # the contrast ran in float32 and the bank stays float32 under autocast
+    assert ckpt['contrast']['memory_l'].dtype == torch.float32
+    assert torch.isfinite(ckpt['contrast']['memory_l']).all()
+    assert 'amp' in ckpt                                   # the (disabled, bf16) GradScaler state, as the reference's key
