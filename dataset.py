@@ -618,6 +618,19 @@ def _read_stl10(data_folder, split, download):
     return images, np.concatenate(labels), classes
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: allow only what they hold (dicts, lists, numpy arrays), so a tampered
+    file cannot run code."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
+               ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'it asks for {module}.{name}, which a data file never needs')
+
+
 def _read_cifar10(data_folder, train, download):
     """CIFAR-10 python batches (cifar-10-batches-py/) as NHWC uint8, labels 0..9.
 
@@ -637,8 +650,12 @@ def _read_cifar10(data_folder, train, download):
         raise _missing_files_error('CIFAR-10', folder, missing())
 
     def load(name):
-        with open(os.path.join(folder, name), 'rb') as f:
-            return pickle.load(f, encoding='latin1')
+        path = os.path.join(folder, name)
+        try:
+            with open(path, 'rb') as f:
+                return _ArrayUnpickler(f, encoding='latin1').load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise UserError(f'{path} is not a CIFAR-10 batch ({error}); re-download it with --download') from None
 
     entries = [load(name) for name in batches]
     images = np.concatenate([np.asarray(entry['data'], dtype=np.uint8) for entry in entries])

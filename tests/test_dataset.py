@@ -261,6 +261,24 @@ def _write_cifar10(root):
     return written
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
+    _write_cifar10(tmp_path)
+    marker = tmp_path / 'pwned'
+    with open(tmp_path / 'cifar-10-batches-py' / 'test_batch', 'wb') as f:
+        pickle.dump({'labels': [0], 'data': _Payload(str(marker))}, f, protocol=2)
+    with pytest.raises(UserError, match=r'test_batch is not a CIFAR-10 batch .*asks for io.open'):
+        dataset.build_dataset('cifar10', tmp_path, 'val', TO_TENSOR)
+    assert not marker.exists()
+
+
 def test_build_cifar10(tmp_path):
     written = _write_cifar10(tmp_path)
     train = dataset.build_dataset('cifar10', tmp_path, 'pretrain', TO_TENSOR)
