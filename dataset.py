@@ -306,49 +306,13 @@ class ColourConversion:
         return f"{type(self).__name__}(space={self.space!r}, use_skimage={self.use_skimage})"
 
 
-# The reference's names, kept so old code and scripts read the same.
-class RGB2Lab(ColourConversion):
-    space = 'Lab'
-
-
-class RGB2YCbCr(ColourConversion):
-    space = 'YCbCr'
-
-
-class RGB2HSV(ColourConversion):
-    space = 'HSV'
-
-
-class RGB2HED(ColourConversion):
-    space = 'HED'
-
-
-class RGB2LUV(ColourConversion):
-    space = 'LUV'
-
-
-class RGB2YUV(ColourConversion):
-    space = 'YUV'
-
-
-class RGB2XYZ(ColourConversion):
-    space = 'XYZ'
-
-
-class RGB2YDbDr(ColourConversion):
-    space = 'YDbDr'
-
-
-class RGB2YPbPr(ColourConversion):
-    space = 'YPbPr'
-
-
-class RGB2YIQ(ColourConversion):
-    space = 'YIQ'
-
-
-class RGB2CIERGB(ColourConversion):
-    space = 'CIERGB'
+# The reference's names, kept so old code and scripts read the same: RGB2Lab, RGB2YCbCr, RGB2HSV, RGB2HED, RGB2LUV,
+# RGB2YUV, RGB2XYZ, RGB2YDbDr, RGB2YPbPr, RGB2YIQ and RGB2CIERGB, each a ColourConversion fixed to its space.
+REFERENCE_CONVERSIONS = ('Lab', 'YCbCr', 'HSV', 'HED', 'LUV', 'YUV', 'XYZ', 'YDbDr', 'YPbPr', 'YIQ', 'CIERGB')
+for _space in REFERENCE_CONVERSIONS:
+    globals()[f'RGB2{_space}'] = type(f'RGB2{_space}', (ColourConversion,), {
+        'space': _space, '__module__': __name__,
+        '__doc__': f'PIL RGB image -> H x W x 3 float array equal to scikit-image {SKIMAGE_FUNCTIONS[_space]}.'})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import util
 from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
 from models import CMC_MODEL_NAMES, build_cmc_model
 from NCE.NCEAverage import NCEAverage
-from NCE.NCECriterion import NCECriterion, NCESoftmaxLoss
+from NCE.NCECriterion import contrast_criterion
 
 
 def parse_option(argv=None):
@@ -64,11 +64,9 @@ def main(argv=None):
     contrast = NCEAverage(opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
                           z_momentum=opt.z_momentum).to(rt.device)
     rt.broadcast(contrast)                     # one memory bank: every process starts from rank 0's
-    criterion_l = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
-    criterion_ab = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
+    criterion_l, criterion_ab = contrast_criterion(opt.softmax, n_data), contrast_criterion(opt.softmax, n_data)
     trained = rt.wrap(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
+    optimizer = util.sgd(model, opt)
 
     def step(batch):
         images, _, index = batch

@@ -23,7 +23,7 @@ import util
 from dataset import DeviceView, moco_train_transform
 from models import INS_MODEL_NAMES, build_ins_model
 from NCE.NCEAverage import MemoryInsDis, MemoryMoCo
-from NCE.NCECriterion import NCECriterion, NCESoftmaxLoss
+from NCE.NCECriterion import contrast_criterion
 
 
 def parse_option(argv=None):
@@ -90,10 +90,9 @@ def main(argv=None):
     modules['contrast'] = contrast
     for module in modules.values():            # DDP syncs `model`; the rest starts from rank 0's copy too
         rt.broadcast(module)
-    criterion = NCESoftmaxLoss() if opt.softmax else NCECriterion(n_data)
+    criterion = contrast_criterion(opt.softmax, n_data)
     trained = rt.wrap(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
+    optimizer = util.sgd(model, opt)
 
     def step(batch):
         images, _, index = batch

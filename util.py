@@ -975,6 +975,12 @@ def build_split(opt, split, transform, two_crop=False):
                             download=opt.download, skip_bad_images=opt.skip_bad_images)
 
 
+def sgd(model, opt):
+    """The reference's optimiser for pretraining: SGD with momentum and weight decay over all parameters."""
+    return torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
+                           weight_decay=opt.weight_decay)
+
+
 def check_sizes(opt, n_data, what='the training set'):
     if n_data == 0:
         raise UserError(f'{what} is empty')

@@ -42,3 +42,8 @@ class NCESoftmaxLoss(nn.Module):
         x = _as_batch_by_candidates(x)  # B x (K+1)
         label = torch.zeros(x.size(0), dtype=torch.long, device=x.device)  # B
         return F.cross_entropy(x, label)
+
+
+def contrast_criterion(use_softmax, n_data):
+    """The loss the scripts pair with a contrast module: softmax cross-entropy, or NCE against n_data noise items."""
+    return NCESoftmaxLoss() if use_softmax else NCECriterion(n_data)
