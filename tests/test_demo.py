@@ -1,0 +1,32 @@
+"""The demo end to end in smoke mode (one short epoch per stage): table, figure and reusable encoders."""
+import os
+import re
+import subprocess
+import sys
+
+import util
+from models import build_cmc_model, build_ins_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_smoke(tmp_path):
+    out = tmp_path / 'demo'
+    proc = subprocess.run([sys.executable, 'scripts/run_demo.py', '--smoke', '--out', str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '[1/9] pretraining cmc' in proc.stdout and '[9/9] writing the table' in proc.stdout
+    table = (tmp_path / 'demo.md').read_text()
+    rows = re.findall(r'^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$', table, re.M)
+    assert [r[0] for r in rows] == ['CMC (Lab)', 'InsDis', 'MoCo', 'random init (resnet18v1, CMC)',
+                                    'random init (resnet18, RGB)']
+    for _, top1, top5, knn, minutes in rows:
+        assert 0 <= float(top1) <= float(top5) <= 100 and 0 <= float(knn) <= 100
+    assert (tmp_path / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # every probed encoder is kept in the pretraining checkpoint format and loads into its architecture
+    for name, build in (('cmc', build_cmc_model), ('random', build_cmc_model), ('insdis', build_ins_model),
+                        ('moco', build_ins_model), ('random_rgb', build_ins_model)):
+        ckpt = util.load_checkpoint(str(out / f'{name}.pth'))
+        arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
+        build(arch).load_state_dict(ckpt['model'])
+        assert 'epoch' in ckpt and 'opt' in ckpt
