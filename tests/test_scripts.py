@@ -194,3 +194,28 @@ def test_amp_runs_on_the_cpu_with_bfloat16_and_names_the_run(tmp_path, image_fol
     assert ckpt['contrast']['memory_l'].dtype == torch.float32
     assert torch.isfinite(ckpt['contrast']['memory_l']).all()
     assert 'amp' in ckpt                                   # the (disabled, bf16) GradScaler state, as the reference's key
+
+
+def write_fashion_mnist(root, n_train=24, n_val=12):
+    """Tiny idx files in Fashion-MNIST's format (greyscale 28 x 28, labels 0..2)."""
+    import struct
+    import numpy as np
+    rng = np.random.RandomState(0)
+    for prefix, count in (('train', n_train), ('t10k', n_val)):
+        images = rng.randint(0, 256, (count, 28, 28)).astype(np.uint8)
+        labels = (np.arange(count) % 3).astype(np.uint8)
+        (root / f'{prefix}-images-idx3-ubyte').write_bytes(struct.pack('>HBBIII', 0, 8, 3, count, 28, 28)
+                                                           + images.tobytes())
+        (root / f'{prefix}-labels-idx1-ubyte').write_bytes(struct.pack('>HBBI', 0, 8, 1, count) + labels.tobytes())
+    return str(root)
+
+
+def test_grayscale_fashion_mnist_refuses_colour_views_and_feeds_insdis_three_channels(tmp_path):
+    data = write_fashion_mnist(tmp_path)
+    with pytest.raises(util.UserError, match='fashion-mnist is grayscale: it has no Lab colour views'):
+        train_CMC.parse_option(['--dataset', 'fashion-mnist', *paths(tmp_path, data)])
+    train_moco_ins.main(['--dataset', 'fashion-mnist', '--model', 'resnet18', '--nce_k', '8', '--epochs', '1',
+                         *paths(tmp_path, data), *TINY[:1], '32', *TINY[2:]])
+    ckpt = util.load_checkpoint(os.path.join(run_dir(tmp_path), 'current.pth'))
+    assert ckpt['model']['encoder.conv1.weight'].shape == (64, 3, 7, 7)   # the grey channel, replicated to RGB
+    assert ckpt['contrast']['memory'].shape == (24, 128)
