@@ -34,7 +34,7 @@ COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--pr
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']
 PRETRAIN = {
     'cmc': ('train_CMC.py', CMC_MODEL, CONTRAST + ['--nce_t', '0.1']),
-    'insdis': ('train_moco_ins.py', RGB_MODEL, CONTRAST + ['--nce_t', '0.1', '--aug', 'NULL']),
+    'insdis': ('train_moco_ins.py', RGB_MODEL, CONTRAST[:-1] + ['0.06', '--nce_t', '0.2', '--aug', 'NULL']),
     'moco': ('train_moco_ins.py', RGB_MODEL, CONTRAST + ['--nce_t', '0.2', '--aug', 'NULL', '--moco',
                                                          '--alpha', '0.99']),
 }
@@ -55,7 +55,26 @@ def parse_args(argv=None):
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'demo'))
     p.add_argument('--smoke', action='store_true', help='one short epoch per stage (tests use this)')
     p.add_argument('--epochs', type=str, default=None, help='override, e.g. cmc=10,insdis=4,moco=4,probe=10')
+    p.add_argument('--summarise', nargs='+', metavar='MD', help='print mean and spread over the tables of earlier '
+                   'runs (e.g. results/demo.md results/demo_seed1.md results/demo_seed2.md) and exit')
     return p.parse_args(argv)
+
+
+def summarise(paths):
+    """Mean and standard deviation per method and column over several runs' tables."""
+    import re
+    import statistics
+    runs = {}
+    for path in paths:
+        for label, *values in re.findall(r'^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$',
+                                         open(path).read(), re.M):
+            runs.setdefault(label, []).append([float(v) for v in values])
+    lines = [f'Mean +- standard deviation over {len(paths)} runs:', '',
+             '| method | probe top-1 | probe top-5 | kNN top-1 | minutes |', '|---|---:|---:|---:|---:|']
+    for label, rows in runs.items():
+        cells = [f'{statistics.mean(c):.1f} +- {statistics.stdev(c) if len(c) > 1 else 0:.1f}' for c in zip(*rows)]
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 class Progress:
@@ -137,6 +156,9 @@ def loss_curve(tb_folder, method):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
     epochs = dict(EPOCHS, probe=PROBE_EPOCHS)
     if args.smoke:
         epochs = {k: 1 for k in epochs}
