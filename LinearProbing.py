@@ -13,9 +13,9 @@ The seed README's recipes run as they are, e.g.
 
 On a laptop CPU, probing a demo checkpoint:
 
-    python LinearProbing.py --dataset demo --image_size 64 --model alexnet --layer 5 --learning_rate 0.1 \
+    python LinearProbing.py --dataset demo --image_size 64 --model resnet18v1 --layer 6 --learning_rate 0.1 \
         --model_path results/demo/cmc.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
-        --batch_size 64 --num_workers 0 --cache_features
+        --batch_size 64 --num_workers 0 --cache_features --bn
 """
 
 import torch

@@ -9,9 +9,9 @@ The seed README's recipe runs as it is:
 
 On a laptop CPU, probing a demo checkpoint:
 
-    python eval_moco_ins.py --dataset demo --image_size 64 --model resnet18 --learning_rate 10 \
+    python eval_moco_ins.py --dataset demo --image_size 64 --model resnet18 --learning_rate 0.1 \
         --model_path results/demo/moco.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
-        --batch_size 64 --num_workers 0 --cache_features
+        --batch_size 64 --num_workers 0 --cache_features --bn
 """
 
 import util
