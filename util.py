@@ -738,7 +738,7 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         if set_lr is not None:
             set_lr(epoch, step, n_batches)
         result = step_fn(batch)
-        loss_value = global_loss(result.loss, rt)   # one sync per step, after the forward: needed to stop on NaN
+        loss_value, metric_values = step_scalars(result, fields, rt)   # the step's one sync: needed to stop on NaN
         if not math.isfinite(loss_value):          # every process sees the same sum: all stop here, one says why
             raise TrainingStopped(
                 f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1} of {n_batches}; stopped without '
@@ -752,9 +752,8 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         rt.scaler.update()
         if after_step is not None:
             after_step()
-        for key, _ in fields:
-            value = result.metrics[key]
-            meters[key].update(value.item() if torch.is_tensor(value) else value, result.batch_size)
+        for (key, _), value in zip(fields, metric_values):
+            meters[key].update(value, result.batch_size)
         meters['BT'].update(time.time() - end)
         end = time.time()
         step += 1
@@ -766,13 +765,20 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
     return meters, step
 
 
-def global_loss(loss, rt):
-    """``loss.item()``; in a multi-process run the sum over processes, so that a non-finite loss in any process
-    stops all of them at the same step."""
+def step_scalars(result, fields, rt):
+    """The loss and the logged metrics as Python floats, in ONE device-to-host copy (not one sync per metric).
+
+    In a multi-process run the loss is summed over processes, so a non-finite loss in any process stops all of
+    them at the same step.
+    """
+    device = result.loss.device
+    loss = result.loss.detach().float().reshape(1)
     if rt.distributed:
-        loss = loss.detach().float().clone()
+        loss = loss.clone()
         dist.all_reduce(loss)
-    return loss.item()
+    metrics = [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1) for key, _ in fields]
+    loss_value, *metric_values = torch.cat([loss] + metrics).tolist()
+    return loss_value, metric_values
 
 
 def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
