@@ -22,10 +22,9 @@ import torch
 
 import util
 from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
-from models import CMC_MODEL_NAMES, build_cmc_model
+from models import CMC_MODEL_NAMES, build_cmc_model, linear_probe_multiplier
 from models.LinearModel import LinearClassifierAlexNet, LinearClassifierResNet
 
-RESNET_WIDTH = {'v1': 1, 'v2': 2, 'v3': 4}      # the linear head's channel multiplier per CMC ResNet version
 LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
 
 
@@ -57,18 +56,19 @@ def parse_option(argv=None):
 def main(argv=None):
     opt = parse_option(argv)
     rt = util.setup_runtime(opt)
-    model = build_cmc_model(opt.model)
 
-    def features(x):                           # both views at the chosen layer, concatenated on channels
+    def features(model, x):                    # both views at the chosen layer, concatenated on channels
         feat_l, feat_ab = model(x, opt.layer)
         return torch.cat([feat_l, feat_ab], dim=1)
 
     def make_classifier(channels, n_label):
         if opt.model == 'alexnet':
             return LinearClassifierAlexNet(opt.layer, n_label, 'max')
-        return LinearClassifierResNet(opt.layer, n_label, 'avg', RESNET_WIDTH[opt.model[-2:]], in_channels=channels)
+        return LinearClassifierResNet(opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model),
+                                      in_channels=channels)
 
-    return util.run_linear_probe(opt, rt, encoder=model, features=features, make_classifier=make_classifier,
+    return util.run_linear_probe(opt, rt, make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim),
+                                 features=features, make_classifier=make_classifier,
                                  train_transform=cmc_train_transform(opt.image_size, opt.crop_low),
                                  view=DeviceView(opt.view), argv=util.command_line(__file__, argv))
 

@@ -16,10 +16,9 @@ On a laptop CPU, probing a demo checkpoint:
 
 import util
 from dataset import DeviceView, moco_train_transform
-from models import INS_MODEL_NAMES, build_ins_model
+from models import INS_MODEL_NAMES, build_ins_model, linear_probe_multiplier
 from models.LinearModel import LinearClassifierResNet
 
-WIDTH = {'resnet50': 1, 'resnet50x2': 2, 'resnet50x4': 4, 'resnet18': 1}
 
 
 def parse_option(argv=None):
@@ -59,11 +58,11 @@ def main(argv=None):
     rt = util.setup_runtime(opt)
     if opt.syncBN and not rt.distributed:
         rt.print('--syncBN has no effect in a single process (launch with torchrun --nproc_per_node N)')
-    model = build_ins_model(opt.model)
     return util.run_linear_probe(
-        opt, rt, encoder=model, features=lambda x: model(x, opt.layer),
-        make_classifier=lambda channels, n_label: LinearClassifierResNet(opt.layer, n_label, 'avg', WIDTH[opt.model],
-                                                                         in_channels=channels),
+        opt, rt, make_encoder=lambda feat_dim: build_ins_model(opt.model, feat_dim),
+        features=lambda model, x: model(x, opt.layer),
+        make_classifier=lambda channels, n_label: LinearClassifierResNet(
+            opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model), in_channels=channels),
         train_transform=moco_train_transform(opt.image_size, opt.crop, opt.aug), view=DeviceView('RGB'),
         argv=util.command_line(__file__, argv), adam=opt.adam, cosine=opt.cosine)
 

@@ -6,8 +6,11 @@ The seed README's recipes run as they are, e.g.
     # AlexNet on one GPU
     python train_CMC.py --batch_size 256 --num_workers 36 \
         --data_folder /path/to/imagenet --model_path /path/to/save --tb_path /path/to/tensorboard
-    # ResNet-50 v1 (4 GPUs: torchrun --nproc_per_node 4 train_CMC.py ..., batch per process)
+    # ResNet-50 v1 as the seed README ran it (one process; it used DataParallel over 4 GPUs, we use one GPU)
     python train_CMC.py --model resnet50v1 --batch_size 128 --num_workers 24 \
+        --data_folder /path/to/imagenet --model_path /path/to/save --tb_path /path/to/tensorboard
+    # the same global batch on 4 GPUs with DDP: --batch_size is per process (4 x 32), so the run is named bsz_32
+    torchrun --nproc_per_node 4 train_CMC.py --model resnet50v1 --batch_size 32 --num_workers 6 \
         --data_folder /path/to/imagenet --model_path /path/to/save --tb_path /path/to/tensorboard
 
 On a laptop CPU, with the bundled demo data:

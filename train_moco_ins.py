@@ -18,11 +18,12 @@ On a laptop CPU, with the bundled demo data (resnet18 is this project's small ad
 import copy
 
 import torch
+import torch.distributed as dist
 
 import util
 from dataset import DeviceView, moco_train_transform
 from models import INS_MODEL_NAMES, build_ins_model
-from NCE.NCEAverage import MemoryInsDis, MemoryMoCo
+from NCE.NCEAverage import MemoryInsDis, MemoryMoCo, gather_from_all_processes
 from NCE.NCECriterion import contrast_criterion
 
 
@@ -62,6 +63,24 @@ def moment_update(model, model_ema, alpha):
         p_ema.mul_(alpha).add_(p.detach(), alpha=1 - alpha)
 
 
+@torch.no_grad()
+def shuffle_bn_keys(key_encoder, x_k, rt):
+    """ShuffleBN (MoCo, He et al. 2019, Sec. 3.3): the keys are computed on a batch shuffled across all processes,
+    so the BatchNorm statistics a key sees are not those of its own query's batch (which would let the model cheat);
+    the keys come back in x_k's order. In one process the shuffle changes nothing BatchNorm can see (as with the
+    reference on one GPU), but it is kept so that a run draws the same random numbers either way.
+    """
+    if not rt.distributed:
+        shuffle = torch.randperm(x_k.shape[0], device=x_k.device)
+        return key_encoder(x_k[shuffle])[torch.argsort(shuffle)]
+    batch, lo = x_k.shape[0], rt.rank * x_k.shape[0]
+    x_all = gather_from_all_processes(x_k)                       # (world x B) x 3 x H x W
+    shuffle = torch.randperm(x_all.shape[0], device=x_k.device)
+    dist.broadcast(shuffle, src=0)                               # one permutation for all processes
+    feat_all = gather_from_all_processes(key_encoder(x_all[shuffle[lo:lo + batch]]))   # shuffled order
+    return feat_all[torch.argsort(shuffle)][lo:lo + batch]
+
+
 def main(argv=None):
     opt = parse_option(argv)
     rt = util.setup_runtime(opt)
@@ -99,13 +118,9 @@ def main(argv=None):
         x = view(images.to(rt.device, non_blocking=True))        # B x 3 (x2 for MoCo) x H x W
         if opt.moco:
             x_q, x_k = x[:, :3], x[:, 3:]
-            # ShuffleBN: keys are computed on a shuffled batch and put back in order, so BatchNorm statistics
-            # split across devices cannot leak which key belongs to which query.
-            shuffle = torch.randperm(x_k.shape[0], device=rt.device)
             with rt.autocast():
                 feat_q = trained(x_q)                             # B x D
-                with torch.no_grad():
-                    feat_k = model_ema(x_k[shuffle])[torch.argsort(shuffle)]
+                feat_k = shuffle_bn_keys(model_ema, x_k, rt)      # B x D, in x_k's order
             out = contrast(feat_q.float(), feat_k.float())        # B x (K+1)
         else:
             with rt.autocast():

@@ -261,6 +261,9 @@ def check_common(opt, *, needs=('data_folder', 'tb_path')):
         raise UserError('need --weight_decay >= 0, 0 < --lr_decay_rate <= 1 and 0 <= --momentum < 1')
     if opt.image_size < 32:
         raise UserError(f'--image_size must be at least 32 (64 or more recommended), got {opt.image_size}')
+    if getattr(opt, 'model', None) == 'alexnet' and opt.image_size < 64:
+        raise UserError(f'--model alexnet needs --image_size 64 or more (its pooling runs out of pixels), '
+                        f'got {opt.image_size}')
 
 
 def check_pretrain(opt):
@@ -353,6 +356,7 @@ def setup_runtime(opt):
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
     if use_cuda:
         index = local_rank if world_size > 1 else (getattr(opt, 'gpu', None) or 0)
+        torch.cuda.set_device(index)          # so pinned memory, RNG and capability checks use this GPU, not GPU 0
         device = torch.device('cuda', index)
         torch.backends.cudnn.benchmark = opt.seed is None
     else:
@@ -363,11 +367,19 @@ def setup_runtime(opt):
 
     amp_dtype = None
     if getattr(opt, 'amp', False):
-        bf16_ok = device.type == 'cpu' or torch.cuda.is_bf16_supported()
+        bf16_ok = device.type == 'cpu' or _native_bf16()
         amp_dtype = torch.bfloat16 if bf16_ok else torch.float16
     # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Runtime(device=device, rank=rank, world_size=world_size, amp_dtype=amp_dtype, scaler=scaler)
+
+
+def _native_bf16():
+    """bfloat16 in hardware (Ampere and later); older GPUs only emulate it, slowly, so they get float16 + scaler."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:                          # torch versions without the argument
+        return torch.cuda.get_device_capability()[0] >= 8
 
 
 def seed_everything(seed):
@@ -382,7 +394,7 @@ def rng_state():
     state = {'python': random.getstate(), 'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
                                                      cached], 'torch': torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = torch.cuda.get_rng_state()      # this process's GPU only: a resume may see fewer GPUs
     return state
 
 
@@ -392,7 +404,8 @@ def set_rng_state(state):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        cuda_state = state['cuda']
+        torch.cuda.set_rng_state(cuda_state[0] if isinstance(cuda_state, (list, tuple)) else cuda_state)
 
 
 def _to_python(x):
@@ -682,14 +695,18 @@ class StopSignal:
     def requested(self):
         return self.signum is not None
 
+    def adopt(self, votes):
+        """Take the signal any process got (votes: how many processes got each of SIGNALS)."""
+        got = [s for s, n in zip(self.SIGNALS, votes) if n > 0]
+        self.signum = got[0] if got else None
+
     def agreed(self, rt):
         """Whether to stop now. In a multi-process run every process must stop after the same step (one stopping
         alone would leave the others waiting in DDP's all-reduce), so any process's signal counts for all."""
         if rt.distributed:
             votes = torch.tensor([self.signum == s for s in self.SIGNALS], dtype=torch.float32, device=rt.device)
             dist.all_reduce(votes)                                        # how many processes got each signal
-            got = [s for s, n in zip(self.SIGNALS, votes.tolist()) if n > 0]
-            self.signum = got[0] if got else None
+            self.adopt(votes.tolist())
         return self.requested
 
 
@@ -738,7 +755,15 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         if set_lr is not None:
             set_lr(epoch, step, n_batches)
         result = step_fn(batch)
-        loss_value, metric_values = step_scalars(result, fields, rt)   # the step's one sync: needed to stop on NaN
+        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(result.loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        if after_step is not None:
+            after_step()
+        # The step's one host sync, after the backward is queued: the loss (to stop on NaN; nothing is saved after
+        # a non-finite one), the metrics, and under torchrun every process's signal votes.
+        loss_value, metric_values = step_scalars(result, fields, rt, stop)
         if not math.isfinite(loss_value):          # every process sees the same sum: all stop here, one says why
             raise TrainingStopped(
                 f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1} of {n_batches}; stopped without '
@@ -746,12 +771,6 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
                 f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
                 f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.'
                 if rt.is_main else '', exit_code=3)
-        optimizer.zero_grad(set_to_none=True)
-        rt.scaler.scale(result.loss).backward()
-        rt.scaler.step(optimizer)
-        rt.scaler.update()
-        if after_step is not None:
-            after_step()
         for (key, _), value in zip(fields, metric_values):
             meters[key].update(value, result.batch_size)
         meters['BT'].update(time.time() - end)
@@ -760,25 +779,32 @@ def train_epoch(*, epoch, loader, sampler, step_fn, optimizer, rt, opt, stop, fi
         if rt.is_main and (step % opt.print_freq == 0):
             print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
                   f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
-        if stop.agreed(rt):
+        if stop.requested:                     # already agreed across processes by step_scalars
             break
     return meters, step
 
 
-def step_scalars(result, fields, rt):
+def step_scalars(result, fields, rt, stop):
     """The loss and the logged metrics as Python floats, in ONE device-to-host copy (not one sync per metric).
 
-    In a multi-process run the loss is summed over processes, so a non-finite loss in any process stops all of
-    them at the same step.
+    In a multi-process run one all_reduce carries the loss (summed, so a non-finite loss in any process stops all of
+    them at the same step), the metrics (averaged over processes) and the signal votes (so every process stops
+    after the same step: one stopping alone would leave the others waiting in DDP's all-reduce).
     """
     device = result.loss.device
-    loss = result.loss.detach().float().reshape(1)
+    parts = [result.loss.detach().float().reshape(1)]
+    parts += [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1) for key, _ in fields]
     if rt.distributed:
-        loss = loss.clone()
-        dist.all_reduce(loss)
-    metrics = [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1) for key, _ in fields]
-    loss_value, *metric_values = torch.cat([loss] + metrics).tolist()
-    return loss_value, metric_values
+        parts.append(torch.tensor([stop.signum == s for s in stop.SIGNALS], dtype=torch.float32, device=device))
+        values = torch.cat(parts)
+        dist.all_reduce(values)
+        values[1:1 + len(fields)] /= rt.world_size
+    else:
+        values = torch.cat(parts)
+    host = values.tolist()
+    if rt.distributed:
+        stop.adopt(host[1 + len(fields):])
+    return host[0], host[1:1 + len(fields)]
 
 
 def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
@@ -867,8 +893,7 @@ class Fit:
         rngs = rngs or [rng_state()]
         state = {'opt': opt_to_dict(self.opt), 'epoch': epoch, 'resume_step': resume_step,
                  'optimizer': self.optimizer.state_dict(), 'rng': rngs[0],
-                 'rng_per_process': rngs if len(rngs) > 1 else None,
-                 'loader_generator': self.loader.generator.get_state() if self.loader.generator is not None else None}
+                 'rng_per_process': rngs if len(rngs) > 1 else None}
         for key, module in self.modules.items():
             state[key] = unwrap(module).state_dict()
         if self.rt.scaler.is_enabled() or self.rt.amp_dtype is not None:
@@ -887,14 +912,15 @@ class Fit:
             except (ValueError, KeyError) as e:
                 raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
         if ckpt.get('amp') and self.rt.scaler.is_enabled():
-            self.rt.scaler.load_state_dict(ckpt['amp'])
+            if 'scale' in ckpt['amp']:
+                self.rt.scaler.load_state_dict(ckpt['amp'])
+            else:                               # the reference's apex loss-scaler state: start a fresh scaler
+                self.rt.print(f'{path}: its amp entry is NVIDIA apex state; the GradScaler starts afresh')
         per_process = ckpt.get('rng_per_process')
         if per_process is not None and len(per_process) == self.rt.world_size:
             set_rng_state(per_process[self.rt.rank])
         elif ckpt.get('rng') is not None:
             set_rng_state(ckpt['rng'])
-        if ckpt.get('loader_generator') is not None and self.loader.generator is not None:
-            self.loader.generator.set_state(ckpt['loader_generator'])
         for key in self.extra:
             if key in ckpt:
                 self.extra[key] = ckpt[key]
@@ -1046,12 +1072,15 @@ def check_probe(opt):
         raise UserError(f'--model_path {opt.model_path} does not exist: give the pretrained checkpoint (.pth) to probe')
 
 
-def load_pretrained(model, opt):
-    """Load the ``model`` entry of a pretraining checkpoint (ours or the reference's, ``module.`` keys or not)."""
+def load_pretrained(make_encoder, opt):
+    """Build the encoder with the checkpoint's ``--feat_dim`` and load its ``model`` entry (ours or the reference's,
+    ``module.`` keys or not). Returns (encoder, checkpoint)."""
     ckpt = load_checkpoint(opt.model_path)
+    pretrain_opt = ckpt.get('opt') if isinstance(ckpt.get('opt'), dict) else {}
+    model = make_encoder(pretrain_opt.get('feat_dim', 128))
     load_weights(model, checkpoint_section(ckpt, 'model', opt.model_path), f'--model {opt.model}', opt.model_path,
                  trained_model(ckpt))
-    return ckpt
+    return model, ckpt
 
 
 class FeatureBN(nn.Module):
@@ -1062,32 +1091,31 @@ class FeatureBN(nn.Module):
         self.bn = nn.BatchNorm1d(channels, affine=False)
 
     def forward(self, x):
-        if x.dim() == 4:                                     # B x C x H x W: normalise per channel
-            return F.batch_norm(x, self.bn.running_mean, self.bn.running_var, training=self.training,
-                                momentum=self.bn.momentum, eps=self.bn.eps)
+        if x.dim() == 4:                       # B x C x H x W -> B x C x HW: per-channel statistics, as BatchNorm2d
+            return self.bn(x.flatten(2)).view_as(x)
         return self.bn(x)
 
 
-def run_linear_probe(opt, rt, *, encoder, features, make_classifier, train_transform, view, argv,
+def run_linear_probe(opt, rt, *, make_encoder, features, make_classifier, train_transform, view, argv,
                      adam=False, cosine=False):
     """Train a linear classifier on frozen features and validate it every epoch (both probe scripts).
 
-    ``features(x) -> B x C [x H x W]`` runs the frozen ``encoder`` on a normalised batch; ``make_classifier(C, n)``
-    builds the head for C feature channels and n classes.
+    ``make_encoder(feat_dim)`` builds the pretrained architecture; ``features(encoder, x) -> B x C [x H x W]`` runs
+    it on a normalised batch; ``make_classifier(C, n)`` builds the head for C feature channels and n classes.
     """
     import dataset as ds
     run = RunFolder(os.path.join(opt.save_path, opt.model_name))
+    encoder, ckpt = load_pretrained(make_encoder, opt)
     encoder.to(rt.device).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    ckpt = load_pretrained(encoder, opt)
     rt.print(f"==> loaded pretrained {opt.model_path} (epoch {ckpt.get('epoch', '?')})")
     view = view.to(rt.device)
 
     @torch.no_grad()
     def frozen(images):
         with rt.autocast():
-            return features(view(images.to(rt.device, non_blocking=True))).float()
+            return features(encoder, view(images.to(rt.device, non_blocking=True))).float()
 
     train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size) if opt.cache_features
                             else train_transform)

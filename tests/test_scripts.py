@@ -219,3 +219,12 @@ def test_grayscale_fashion_mnist_refuses_colour_views_and_feeds_insdis_three_cha
     ckpt = util.load_checkpoint(os.path.join(run_dir(tmp_path), 'current.pth'))
     assert ckpt['model']['encoder.conv1.weight'].shape == (64, 3, 7, 7)   # the grey channel, replicated to RGB
     assert ckpt['contrast']['memory'].shape == (24, 128)
+
+
+def test_shuffle_bn_keys_come_back_in_order():
+    """With a batch-independent key encoder (eval mode), ShuffleBN must return exactly the unshuffled keys."""
+    torch.manual_seed(0)
+    encoder = build_ins_model('resnet18').eval()
+    x = torch.randn(6, 3, 64, 64)
+    rt = util.Runtime(device=torch.device('cpu'))
+    torch.testing.assert_close(train_moco_ins.shuffle_bn_keys(encoder, x, rt), encoder(x))
