@@ -60,7 +60,7 @@ def main(argv=None):
     n_data = len(train_set)
     util.check_sizes(opt, n_data)
     rt.print(f'number of samples: {n_data}')
-    loader = util.make_loader(train_set, opt, rt, train=True, seed=opt.seed or 0)
+    loader = util.make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     view = DeviceView(opt.view).to(rt.device)
     model = build_cmc_model(opt.model, opt.feat_dim).to(rt.device)

@@ -566,37 +566,27 @@ class RunFolder:
 # --------------------------------------------------------------------------- data loading
 
 class ResumableSampler(torch.utils.data.Sampler):
-    """Shuffled indices from (seed, epoch) alone, split across processes, able to start mid-epoch.
+    """Shuffled indices from (seed, epoch) alone, split across processes, whole batches only, able to start mid-epoch.
 
     Its order does not depend on the global RNG, so a run stopped after ``step`` batches and resumed reads
-    exactly the batches it would have read.
+    exactly the batches it would have read. Dropping the last partial batch keeps BatchNorm away from a batch of
+    one and gives every process the same number of steps.
     """
 
-    def __init__(self, size, batch_size, seed, shuffle=True, drop_last=True, rank=0, world_size=1):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+    def __init__(self, size, batch_size, seed, rank=0, world_size=1):
+        self.size, self.batch_size, self.seed, self.rank, self.world_size = size, batch_size, seed, rank, world_size
         self.epoch, self.start_batch = 1, 0
 
     def set_epoch(self, epoch, start_batch=0):
         self.epoch, self.start_batch = epoch, start_batch
 
     def _indices(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-            order = torch.randperm(self.size, generator=g)
-        else:
-            order = torch.arange(self.size)
-        per_rank = self.size // self.world_size if self.drop_last else math.ceil(self.size / self.world_size)
-        if not self.drop_last:                                  # pad so every process gets as many
-            order = torch.cat([order, order[:per_rank * self.world_size - self.size]])
-        order = order[self.rank:per_rank * self.world_size:self.world_size]
-        if self.drop_last:
-            order = order[:len(order) // self.batch_size * self.batch_size]
-        return order
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
+        order = order[self.rank:self.size // self.world_size * self.world_size:self.world_size]
+        return order[:len(order) // self.batch_size * self.batch_size]
 
     def batches_per_epoch(self):
-        n = len(self._indices())
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self._indices()) // self.batch_size
 
     def __iter__(self):
         return iter(self._indices()[self.start_batch * self.batch_size:].tolist())
@@ -605,10 +595,9 @@ class ResumableSampler(torch.utils.data.Sampler):
         return max(0, len(self._indices()) - self.start_batch * self.batch_size)
 
 
-def make_loader(dataset, opt, rt, *, train, seed=0):
-    """A DataLoader of uint8 crops with a :class:`ResumableSampler` and its own generator (see the sampler)."""
-    sampler = ResumableSampler(len(dataset), opt.batch_size, seed, shuffle=train, drop_last=train,
-                               rank=rt.rank, world_size=rt.world_size)
+def make_loader(dataset, opt, rt, *, seed=0):
+    """A training DataLoader of uint8 crops with a :class:`ResumableSampler` and its own generator."""
+    sampler = ResumableSampler(len(dataset), opt.batch_size, seed, rank=rt.rank, world_size=rt.world_size)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
@@ -1135,7 +1124,7 @@ def run_linear_probe(opt, rt, *, make_encoder, features, make_classifier, train_
         val_feats = list(zip(*_features_and_targets(frozen, val_set, opt)))
         val_source = [(f.unsqueeze(0), torch.as_tensor([t])) for f, t in val_feats]
         val_batches = _batched(val_source, opt.batch_size)
-    loader = make_loader(train_set, opt, rt, train=True, seed=opt.seed or 0)
+    loader = make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     params = list(classifier.parameters())
     if adam:
@@ -1182,9 +1171,9 @@ def run_linear_probe(opt, rt, *, make_encoder, features, make_classifier, train_
             output = head(feat.to(rt.device)).float()
             acc1, acc5 = accuracy(output, target, topk=(1, min(5, n_label)))
             n = target.shape[0]
-            meters['loss'].update(criterion(output, target).item(), n)
-            meters['acc1'].update(acc1[0].item(), n)
-            meters['acc5'].update(acc5[0].item(), n)
+            batch = torch.cat([criterion(output, target).reshape(1), acc1, acc5]).tolist()   # one sync per batch
+            for key, value in zip(('loss', 'acc1', 'acc5'), batch):
+                meters[key].update(value, n)
             if (i + 1) % opt.print_freq == 0:
                 rt.print(f'Test: [{i + 1}/{len(val_loader)}]\t' + format_meters(
                     meters, [('loss', 'Loss'), ('acc1', 'Acc@1'), ('acc5', 'Acc@5')]))
