@@ -217,8 +217,16 @@ def test_grayscale_fashion_mnist_refuses_colour_views_and_feeds_insdis_three_cha
     train_moco_ins.main(['--dataset', 'fashion-mnist', '--model', 'resnet18', '--nce_k', '8', '--epochs', '1',
                          *paths(tmp_path, data), *TINY[:1], '32', *TINY[2:]])
     ckpt = util.load_checkpoint(os.path.join(run_dir(tmp_path), 'current.pth'))
-    assert ckpt['model']['encoder.conv1.weight'].shape == (64, 3, 7, 7)   # the grey channel, replicated to RGB
     assert ckpt['contrast']['memory'].shape == (24, 128)
+    # what InsDis was fed: the grey image replicated into three equal channels, pixel for pixel
+    import dataset
+    import numpy as np
+    from torchvision.transforms import PILToTensor
+    served = dataset.build_dataset('fashion-mnist', data, 'pretrain', PILToTensor())
+    img, target, index = served[5]
+    raw = np.frombuffer((tmp_path / 'train-images-idx3-ubyte').read_bytes()[16:], np.uint8).reshape(-1, 28, 28)
+    assert img.shape == (3, 28, 28) and (target, index) == (5 % 3, 5)
+    assert all(torch.equal(img[c], torch.from_numpy(raw[5].copy())) for c in range(3))
 
 
 def test_shuffle_bn_keys_come_back_in_order():
