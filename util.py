@@ -367,15 +367,22 @@ def setup_runtime(opt):
 
     amp_dtype = None
     if getattr(opt, 'amp', False):
-        bf16_ok = device.type == 'cpu' or _native_bf16()
-        amp_dtype = torch.bfloat16 if bf16_ok else torch.float16
+        # CPU autocast only has bfloat16; without hardware support it is emulated, correct but slower than float32.
+        amp_dtype = torch.bfloat16 if device.type == 'cpu' or native_bf16(device) else torch.float16
+        if device.type == 'cpu' and not native_bf16(device) and rank == 0:
+            print('note: this CPU has no native bfloat16, so --amp will be slower than float32 here')
     # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return Runtime(device=device, rank=rank, world_size=world_size, amp_dtype=amp_dtype, scaler=scaler)
 
 
-def _native_bf16():
-    """bfloat16 in hardware (Ampere and later); older GPUs only emulate it, slowly, so they get float16 + scaler."""
+def native_bf16(device):
+    """Whether ``device`` computes bfloat16 in hardware: Ampere or later GPUs (older ones only emulate it, slowly,
+    so they get float16 + scaler), x86 CPUs with AVX512-BF16 or AMX (where --amp runs convolutions 1.3-1.7x faster
+    than float32; elsewhere it is emulated)."""
+    if device.type == 'cpu':
+        checks = [getattr(torch.cpu, name, None) for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+        return any(check() for check in checks if check is not None)
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:                          # torch versions without the argument

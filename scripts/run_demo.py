@@ -29,6 +29,8 @@ sys.path.insert(0, ROOT)
 #   emoji categories apart (flags, yellow faces, blue symbols), and jitter would teach the encoder to ignore it.
 # - Every encoder, random ones included, gets the same probe: the seed's ResNet layer (6, after global pooling), a
 #   parameter-free BatchNorm on the frozen features (--bn) so one learning rate suits all feature scales, SGD at 0.1.
+# - Pretraining runs under --amp (bfloat16 autocast) where the CPU computes bfloat16 natively (AVX512-BF16 or AMX):
+#   1.3x faster at the same accuracy (README, "The demo"); elsewhere it stays float32, the same recipe, only slower.
 CMC_MODEL, RGB_MODEL = 'resnet18v1', 'resnet18'
 COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--print_freq', '1000']
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']
@@ -38,7 +40,7 @@ PRETRAIN = {
     'moco': ('train_moco_ins.py', RGB_MODEL, CONTRAST + ['--nce_t', '0.2', '--aug', 'NULL', '--moco',
                                                          '--alpha', '0.99']),
 }
-EPOCHS = {'cmc': 30, 'insdis': 30, 'moco': 15}
+EPOCHS = {'cmc': 60, 'insdis': 60, 'moco': 30}
 PROBE = {  # script, layer, learning rate
     CMC_MODEL: ('LinearProbing.py', '6', '0.1'),
     RGB_MODEL: ('eval_moco_ins.py', '6', '0.1'),
@@ -172,10 +174,15 @@ def main(argv=None):
     seed = ['--seed', str(args.seed)]
     minutes, curves = {}, {}
 
+    import torch
+    import util
+    amp = ['--amp'] if util.native_bf16(torch.device('cpu')) else []
+    progress.say('pretraining in ' + ('bfloat16 autocast (--amp): this CPU has native bfloat16' if amp else
+                                      'float32: this CPU has no native bfloat16'))
     for method, (script, model, extra) in PRETRAIN.items():
         progress.stage(f'pretraining {method} ({model}, {epochs[method]} epochs)')
         t0 = time.time()
-        run_script([script, *COMMON, *seed, '--model', model, *extra, '--epochs', str(epochs[method]),
+        run_script([script, *COMMON, *seed, *amp, '--model', model, *extra, '--epochs', str(epochs[method]),
                     '--knn_freq', str(epochs[method]), '--model_path', os.path.join(out, 'runs', method),
                     '--tb_path', os.path.join(out, 'tb', method)],
                    os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method])
@@ -201,26 +208,26 @@ def main(argv=None):
                    os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'], every=10)
         # the final epoch's val accuracy (not the best over epochs, which would pick on val)
         (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
-        import util
         result = util.load_checkpoint(final)
         knn = knn_of(path, method, model, args.seed)
         minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
         rows.append((label, result['last_acc1'], result['last_acc5'], knn, minutes[method]))
 
     progress.stage('writing the table and the figure')
-    table = write_report(out, rows, curves, args, epochs)
+    table = write_report(out, rows, curves, args, epochs, amp)
     print(table)
     progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
 
 
-def write_report(out, rows, curves, args, epochs):
+def write_report(out, rows, curves, args, epochs, amp):
     lines = ['| method | probe top-1 | probe top-5 | kNN top-1 | minutes |', '|---|---:|---:|---:|---:|']
     lines += [f'| {label} | {a1:.1f} | {a5:.1f} | {knn:.1f} | {m:.1f} |' for label, a1, a5, knn, m in rows]
     table = '\n'.join(lines)
     with open(out + '.md', 'w') as f:
         f.write(f'# Demo results (seed {args.seed}{", smoke mode" if args.smoke else ""})\n\n'
                 f'Emoji demo set (1,528 train / 378 val, 9 classes), 64 px, CPU. Pretraining epochs: '
-                f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}; linear probe '
+                f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}'
+                f'{" (bfloat16 autocast)" if amp else " (float32)"}; linear probe '
                 f'{epochs["probe"]} epochs on cached frozen features (layer 6, --bn). Majority class: 20.4% top-1.\n\n'
                 f'{table}\n\n![probe accuracy and loss curves]({os.path.basename(out)}.png)\n')
     import matplotlib

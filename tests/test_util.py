@@ -144,3 +144,13 @@ def test_run_folder_refuses_to_clobber_and_resolves_auto(tmp_path):
         run.prepare(opt)
     opt.resume, opt.overwrite = '', True
     assert run.prepare(opt) is None
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason='reads the CPU flags from /proc/cpuinfo')
+def test_native_bf16_on_the_cpu_agrees_with_the_kernel_cpu_flags():
+    flags = set()
+    for line in open('/proc/cpuinfo'):
+        if line.startswith('flags'):
+            flags |= set(line.split(':', 1)[1].split())
+    expected = 'avx512_bf16' in flags or 'amx_tile' in flags
+    assert util.native_bf16(torch.device('cpu')) is expected
