@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's demo numbers: the demo with seeds 0, 1 and 2 (about 9 minutes each on 2 CPU cores), then the mean and
+# The README's demo numbers: the demo with seeds 0, 1 and 2 (about 12 minutes each on 2 CPU cores), then the mean and
 # spread per method.
 set -euo pipefail
 cd "$(dirname "$0")/.."
