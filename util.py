@@ -368,8 +368,9 @@ def setup_runtime(opt):
     amp_dtype = None
     if getattr(opt, 'amp', False):
         # CPU autocast only has bfloat16; without hardware support it is emulated, correct but slower than float32.
-        amp_dtype = torch.bfloat16 if device.type == 'cpu' or native_bf16(device) else torch.float16
-        if device.type == 'cpu' and not native_bf16(device) and rank == 0:
+        native = native_bf16(device)
+        amp_dtype = torch.bfloat16 if device.type == 'cpu' or native else torch.float16
+        if device.type == 'cpu' and not native and rank == 0:
             print('note: this CPU has no native bfloat16, so --amp will be slower than float32 here')
     # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -64,7 +64,6 @@ def parse_args(argv=None):
 
 def summarise(paths):
     """Mean and standard deviation per method and column over several runs' tables."""
-    import re
     import statistics
     runs = {}
     for path in paths:
