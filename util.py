@@ -535,6 +535,17 @@ def load_weights(module, state_dict, what, path, trained_with=None):
                         f'{"; " + lines[0].strip() if lines else ""}')
 
 
+def check_folder_writable(path):
+    """Refuse, before any work, a folder that cannot be created or written (a file in its way, no permission)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f'cannot write to {path}: {existing} is a file, not a folder; choose another path')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'cannot write to {path}: no write permission on {existing}; choose another path')
+
+
 class RunFolder:
     """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``."""
 
@@ -546,11 +557,13 @@ class RunFolder:
             return []
         return sorted(f for f in os.listdir(self.path) if f.endswith('.pth'))
 
-    def prepare(self, opt):
-        """Return the checkpoint to resume from (or None), after checking the folder is safe to write.
+    def prepare(self, opt, also=()):
+        """Return the checkpoint to resume from (or None), after checking the folder (and ``also``) can be written.
 
         Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace.
         """
+        for folder in (self.path, *also):
+            check_folder_writable(folder)
         resume = opt.resume
         if resume == 'auto':
             current = os.path.join(self.path, 'current.pth')
@@ -927,7 +940,7 @@ class Fit:
 
     def __call__(self):
         opt, rt = self.opt, self.rt
-        resume_path = self.run.prepare(opt) if rt.is_main else (opt.resume if opt.resume != 'auto' else '')
+        resume_path = self.run.prepare(opt, also=[self.tb.log_dir]) if rt.is_main else (opt.resume if opt.resume != 'auto' else '')
         if rt.distributed:                      # every process resumes from what the main one found
             holder = [resume_path]
             dist.broadcast_object_list(holder, src=0)

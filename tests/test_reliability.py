@@ -432,6 +432,10 @@ def bad_input_cases(e):
         (*probe(model_path=bad / 'truncated.pth'), 'truncated.pth is not a readable checkpoint'),
         (*probe(), 'already holds checkpoints'),
         (*probe('--batch_size', '-8'), '--batch_size must be positive'),
+        # an output folder that cannot be made: a file stands in its way
+        (*cmc('--model_path', bad / 'garbage.pth' / 'models'), 'garbage.pth is a file, not a folder'),
+        (*cmc('--tb_path', bad / 'garbage.pth'), 'garbage.pth is a file, not a folder'),
+        (*probe('--save_path', bad / 'garbage.pth'), 'garbage.pth is a file, not a folder'),
         ('train_moco_ins', moco_argv(root, data, '--nce_k', '30'), '--nce_k 30 must be smaller'),
         ('train_moco_ins', moco_argv(root, data, '--alpha', '2'), r'--alpha must be in \[0, 1\]'),
         # argparse's own errors are one line too
