@@ -63,7 +63,7 @@ def main(argv=None):
     loader = util.make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     view = DeviceView(opt.view).to(rt.device)
-    model = build_cmc_model(opt.model, opt.feat_dim).to(rt.device)
+    model = rt.place(build_cmc_model(opt.model, opt.feat_dim))
     contrast = NCEAverage(opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
                           z_momentum=opt.z_momentum).to(rt.device)
     rt.broadcast(contrast)                     # one memory bank: every process starts from rank 0's

@@ -94,7 +94,7 @@ def main(argv=None):
     loader = util.make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     view = DeviceView('RGB').to(rt.device)
-    model = build_ins_model(opt.model, opt.feat_dim).to(rt.device)
+    model = rt.place(build_ins_model(opt.model, opt.feat_dim))
     modules = {'model': model}
     if opt.moco:
         model_ema = copy.deepcopy(model)          # the key encoder starts as the query encoder

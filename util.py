@@ -313,6 +313,15 @@ class Runtime:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def place(self, model):
+        """Move a conv net to the device with its conv weights channels-last (NHWC); activations follow them.
+
+        Same arithmetic, faster kernels: one training step of CMC's resnet18v1 at 64 px on 2 CPU cores took 99 ms
+        instead of 144 in bfloat16 and 169 instead of 181 in float32 (exp. in README, "The demo"); GPUs with
+        tensor cores want NHWC under --amp too.
+        """
+        return model.to(self.device, memory_format=torch.channels_last)
+
     def wrap(self, model, sync_bn=False):
         """Wrap a trained model for multi-process runs (DDP); a single process gets the model itself."""
         if not self.distributed:
@@ -1116,7 +1125,7 @@ def run_linear_probe(opt, rt, *, make_encoder, features, make_classifier, train_
     import dataset as ds
     run = RunFolder(os.path.join(opt.save_path, opt.model_name))
     encoder, ckpt = load_pretrained(make_encoder, opt)
-    encoder.to(rt.device).eval()
+    rt.place(encoder).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     rt.print(f"==> loaded pretrained {opt.model_path} (epoch {ckpt.get('epoch', '?')})")

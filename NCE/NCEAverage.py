@@ -30,15 +30,28 @@ def init_memory(num_rows, dim):
     return torch.rand(num_rows, dim).mul_(2 * bound).add_(-bound)  # num_rows x dim
 
 
-def score_against_memory(feature, memory, idx):
+def score_against_memory(feature, memory, idx, whole_bank=None):
     """Dot products v_idx . f (Wu et al. 2018, Sec. 3.1, before / T): feature B x D, idx B x (K+1) -> B x (K+1).
 
     Computed in the memory's dtype so NCE's exp(dot / T) (up to e^14 at T = 0.07) never overflows under autocast.
+    Two ways to the same numbers: gather the B x (K+1) x D rows and take B dot products each (the reference), or,
+    when the bank has at most WHOLE_BANK_RATIO x (K+1) rows (a small data set), score f against the whole bank with
+    one B x D @ D x N matmul and pick the B x (K+1) entries: no copy of K+1 rows per sample, 1.1-1.2x faster CMC
+    steps on the demo (README, "The demo"). ``whole_bank`` forces one way (tests).
     """
     batch_size = feature.size(0)
+    feature = feature.reshape(batch_size, -1).to(memory.dtype)  # B x D
+    if whole_bank is None:
+        whole_bank = memory.size(0) <= WHOLE_BANK_RATIO * idx.size(1)
+    if whole_bank:
+        # a copy: autograd keeps the bank for f's gradient, and the memory update writes it in place
+        return (feature @ memory.clone().t()).gather(1, idx)  # B x N -> B x (K+1)
     rows = memory[idx]  # B x (K+1) x D, a gathered copy: later in-place memory writes do not touch it
-    dots = torch.bmm(rows, feature.reshape(batch_size, -1, 1).to(memory.dtype))  # B x (K+1) x 1
-    return dots.reshape(batch_size, -1).to(memory.dtype)  # B x (K+1)
+    dots = torch.bmm(rows, feature.unsqueeze(-1))  # B x (K+1) x 1
+    return dots.reshape(batch_size, -1)  # B x (K+1)
+
+
+WHOLE_BANK_RATIO = 4
 
 
 def _world_size():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from NCE import (AliasMethod, MemoryInsDis, MemoryMoCo, NCEAverage, NCECriterion, NCESoftmaxLoss,
                  sample_contrast_indices)
+from NCE.NCEAverage import WHOLE_BANK_RATIO, score_against_memory
 
 N, K, D, T, M = 20, 5, 8, 0.07, 0.5
 
@@ -46,6 +47,38 @@ def expected_memory(memory, y, feature, momentum):
     mixed = momentum * memory[y] + (1 - momentum) * feature
     out[y] = mixed / mixed.norm(dim=1, keepdim=True)
     return out
+
+
+@pytest.mark.parametrize('num_rows', [N, 1000])
+def test_whole_bank_and_gathered_rows_give_the_same_scores_and_gradients(num_rows):
+    g = torch.Generator().manual_seed(3)
+    memory = unit_features(num_rows, D, seed=4)
+    idx = torch.randint(0, num_rows, (7, K + 1), generator=g)
+    weights = torch.randn(7, K + 1, generator=g)
+    results = []
+    for whole_bank in (True, False):
+        feature = unit_features(7, D, seed=5).requires_grad_(True)
+        scores = score_against_memory(feature, memory, idx, whole_bank=whole_bank)
+        (scores * weights).sum().backward()
+        results.append((scores.detach(), feature.grad))
+    expected = torch.einsum('bkd,bd->bk', memory[idx], unit_features(7, D, seed=5))
+    expected_grad = torch.einsum('bk,bkd->bd', weights, memory[idx])
+    for scores, grad in results:
+        assert torch.allclose(scores, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
+    # the default picks the whole bank only where it is small next to K + 1
+    assert (num_rows <= WHOLE_BANK_RATIO * (K + 1)) == (num_rows == N)
+
+
+def test_memory_update_after_scoring_leaves_the_gradient_intact():
+    module = NCEAverage(D, N, K, T, M, use_softmax=True)
+    l, ab = unit_features(4, D, seed=6).requires_grad_(True), unit_features(4, D, seed=7).requires_grad_(True)
+    memory_ab = module.memory_ab.clone()
+    y = torch.tensor([0, 3, 5, 9])
+    idx = given_idx(y, seed=8)
+    out_l, _ = module(l, ab, y, idx)                    # writes memory_ab rows y in place
+    out_l.sum().backward()
+    assert not torch.equal(module.memory_ab, memory_ab)
+    assert torch.allclose(l.grad, memory_ab[idx].sum(1) / T, atol=1e-5)  # the bank as it was when scored
 
 
 # ---------------------------------------------------------------- NCEAverage (CMC)
