@@ -12,12 +12,14 @@ random_rgb.pth (InsDis/MoCo's), in the pretraining checkpoint format, so that Li
 probe them again on other data.
 """
 import argparse
+import functools
 import glob
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +42,11 @@ PRETRAIN = {
     'moco': ('train_moco_ins.py', RGB_MODEL, CONTRAST + ['--nce_t', '0.2', '--aug', 'NULL', '--moco',
                                                          '--alpha', '0.99']),
 }
-EPOCHS = {'cmc': 60, 'insdis': 60, 'moco': 30}
+EPOCHS = {'cmc': 150, 'insdis': 70, 'moco': 30}
+# Pretraining runs in two lanes side by side, each on half of the cores: one thread per process does more work per
+# core than two (README, "The demo"), and CMC, the slowest to learn, gets a lane of its own.
+LANES = [['cmc'], ['insdis', 'moco']]
+EPOCHS_PER_LINE = 10
 PROBE = {  # script, layer, learning rate
     CMC_MODEL: ('LinearProbing.py', '6', '0.1'),
     RGB_MODEL: ('eval_moco_ins.py', '6', '0.1'),
@@ -92,21 +98,54 @@ class Progress:
         print(f'{(time.time() - self.t0) / 60:5.1f} min  {text}', flush=True)
 
 
-def run_script(args, log_path, progress, total_epochs, every=1):
+RUNNING = set()          # the scripts running now, so that a failing lane can stop the other
+
+
+def run_script(args, log_path, progress, total_epochs, every=1, label='', threads=None):
     """Run one of the four scripts as a user would; show its epochs as progress, keep its output in a log."""
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
     with open(log_path, 'w') as log:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+                                text=True, env=env)
+        RUNNING.add(proc)
         for line in proc.stdout:
             log.write(line)
             m = re.match(r'(?:train )?epoch (\d+), total time ([\d.]+)', line)
             if m and (int(m.group(1)) % every == 0 or int(m.group(1)) == total_epochs):
-                progress.say(f'      epoch {m.group(1)}/{total_epochs} ({float(m.group(2)):.0f} s)')
+                progress.say(f'      {label + " " if label else ""}epoch {m.group(1)}/{total_epochs} '
+                             f'({float(m.group(2)):.0f} s)')
         proc.wait()
+        RUNNING.discard(proc)
     if proc.returncode != 0:
         tail = open(log_path).read().strip().splitlines()[-3:]
         raise SystemExit(f'demo stage failed ({" ".join(args[:1])}); see {log_path}:\n' + '\n'.join(tail))
     return open(log_path).read()
+
+
+def run_lanes(lanes):
+    """Run each lane's calls in order, the lanes side by side; stop them all at the first failure and re-raise it."""
+    failures = []
+
+    def run(lane):
+        try:
+            for call in lane:
+                if failures:
+                    return
+                call()
+        except BaseException as exc:          # run_script fails with SystemExit
+            failures.append(exc)
+            for proc in list(RUNNING):
+                proc.terminate()
+
+    workers = [threading.Thread(target=run, args=(lane,)) for lane in lanes]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise failures[0]
 
 
 def save_random_encoder(name, model_name, path, seed):
@@ -178,18 +217,26 @@ def main(argv=None):
     amp = ['--amp'] if util.native_bf16(torch.device('cpu')) else []
     progress.say('pretraining in ' + ('bfloat16 autocast (--amp): this CPU has native bfloat16' if amp else
                                       'float32: this CPU has no native bfloat16'))
-    for method, (script, model, extra) in PRETRAIN.items():
+    threads = max(1, (os.cpu_count() or 1) // len(LANES))
+    progress.say(f'pretraining in {len(LANES)} lanes of {threads} thread(s) each: '
+                 + '; '.join(' then '.join(lane) for lane in LANES))
+
+    def pretrain(method):
+        script, model, extra = PRETRAIN[method]
         progress.stage(f'pretraining {method} ({model}, {epochs[method]} epochs)')
         t0 = time.time()
         run_script([script, *COMMON, *seed, *amp, '--model', model, *extra, '--epochs', str(epochs[method]),
                     '--knn_freq', str(epochs[method]), '--model_path', os.path.join(out, 'runs', method),
                     '--tb_path', os.path.join(out, 'tb', method)],
-                   os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method])
+                   os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method],
+                   every=EPOCHS_PER_LINE, label=method, threads=threads)
         minutes[method] = (time.time() - t0) / 60
         (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
         shutil.copyfile(ckpt, os.path.join(out, f'{method}.pth'))
         (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
         curves[method] = loss_curve(tb, method)
+
+    run_lanes([[functools.partial(pretrain, method) for method in lane] for lane in LANES])
 
     rows = []
     for method, label, model in METHODS:
