@@ -317,8 +317,8 @@ class Runtime:
         """Move a conv net to the device with its conv weights channels-last (NHWC); activations follow them.
 
         Same arithmetic, faster kernels: one training step of CMC's resnet18v1 at 64 px on 2 CPU cores took 99 ms
-        instead of 144 in bfloat16 and 169 instead of 181 in float32 (exp. in README, "The demo"); GPUs with
-        tensor cores want NHWC under --amp too.
+        instead of 144 in bfloat16 and 169 instead of 181 in float32 (bench/bench_step.py); GPUs with tensor
+        cores want NHWC under --amp too.
         """
         return model.to(self.device, memory_format=torch.channels_last)
 

@@ -36,8 +36,8 @@ def score_against_memory(feature, memory, idx, whole_bank=None):
     Computed in the memory's dtype so NCE's exp(dot / T) (up to e^14 at T = 0.07) never overflows under autocast.
     Two ways to the same numbers: gather the B x (K+1) x D rows and take B dot products each (the reference), or,
     when the bank has at most WHOLE_BANK_RATIO x (K+1) rows (a small data set), score f against the whole bank with
-    one B x D @ D x N matmul and pick the B x (K+1) entries: no copy of K+1 rows per sample, 1.1-1.2x faster CMC
-    steps on the demo (README, "The demo"). ``whole_bank`` forces one way (tests).
+    one B x D @ D x N matmul and pick the B x (K+1) entries: no copy of K+1 rows per sample (bench/bench_step.py).
+    ``whole_bank`` forces one way (tests).
     """
     batch_size = feature.size(0)
     feature = feature.reshape(batch_size, -1).to(memory.dtype)  # B x D

@@ -2,7 +2,7 @@
 encoder of the same architecture, and print a table. Run it through ``bash scripts/demo.sh`` (which makes the
 virtualenv), or directly:
 
-    python scripts/run_demo.py                  # the full demo, ~10-15 minutes on 2 CPU cores
+    python scripts/run_demo.py                  # the full demo, ~12-14 minutes on 2 CPU cores
     python scripts/run_demo.py --smoke          # one short epoch per stage, to check the plumbing
     python scripts/run_demo.py --seed 1 --out results/demo_seed1
 
@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 # - Every encoder, random ones included, gets the same probe: the seed's ResNet layer (6, after global pooling), a
 #   parameter-free BatchNorm on the frozen features (--bn) so one learning rate suits all feature scales, SGD at 0.1.
 # - Pretraining runs under --amp (bfloat16 autocast) where the CPU computes bfloat16 natively (AVX512-BF16 or AMX):
-#   1.3x faster at the same accuracy (README, "The demo"); elsewhere it stays float32, the same recipe, only slower.
+#   faster at the same accuracy (bench/bench_step.py); elsewhere it stays float32, the same recipe, only slower.
 CMC_MODEL, RGB_MODEL = 'resnet18v1', 'resnet18'
 COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--print_freq', '1000']
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']

@@ -30,3 +30,24 @@ def test_demo_smoke(tmp_path):
         arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
         build(arch).load_state_dict(ckpt['model'])
         assert 'epoch' in ckpt and 'opt' in ckpt
+
+
+def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
+    import time
+    import pytest
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import run_demo
+    done = []
+
+    def fail():
+        time.sleep(1.0)                 # the other lane's script is running by now
+        raise SystemExit('lane one failed')
+
+    def long_script():
+        run_demo.run_script(['-c', 'import time; time.sleep(120)'], str(tmp_path / 'long.log'),
+                            run_demo.Progress(1), 1)
+
+    t0 = time.time()
+    with pytest.raises(SystemExit, match='lane one failed'):
+        run_demo.run_lanes([[fail], [long_script, lambda: done.append('after')]])
+    assert time.time() - t0 < 30 and done == [] and not run_demo.RUNNING

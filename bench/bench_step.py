@@ -1,0 +1,98 @@
+"""CMC training-step benchmark: the reference path next to ours, for the two changes that make CPU steps faster.
+
+1. Scoring against the memory bank (forward + backward, one view): the reference gathers B x (K+1) x D rows and takes
+   B dot products each; ours, when the bank has at most 4 (K+1) rows, multiplies by the whole bank and picks the
+   B x (K+1) logits (`NCE.NCEAverage.score_against_memory`). Shapes: the demo's (N = 1,528, K = 1,024) and an
+   ImageNet-size bank (N = 1,281,167, K = 16,384, where ours keeps the reference path).
+2. One SGD step of CMC's two half-width ResNet-18s (resnet18v1) at 64 px, B = 64: conv weights in the default
+   (NCHW) layout, as the reference, against channels-last (`util.Runtime.place`), in float32 and under --amp.
+
+    .venv/bin/python bench/bench_step.py [--device cpu|cuda] [--threads N]
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import util  # noqa: E402
+from models import build_cmc_model  # noqa: E402
+from NCE.NCEAverage import score_against_memory  # noqa: E402
+
+
+def median_time(fn, device, repeats):
+    times = []
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[2:])[len(times[2:]) // 2]          # the first two calls warm up
+
+
+def bench_scores(device, num_rows, K, batch=64, dim=128, repeats=12):
+    g = torch.Generator().manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(num_rows, dim, generator=g), dim=1).to(device)
+    idx = torch.randint(0, num_rows, (batch, K + 1), generator=g).to(device)
+    feature = torch.randn(batch, dim, generator=g).to(device).requires_grad_(True)
+
+    def step(whole_bank):
+        scores = score_against_memory(feature, memory, idx, whole_bank=whole_bank)  # B x (K+1)
+        (scores / 0.1).logsumexp(1).sum().backward()
+        feature.grad = None
+    reference = median_time(lambda: step(False), device, repeats)
+    ours = median_time(lambda: step(None), device, repeats)
+    return reference, ours
+
+
+def bench_model(device, amp_dtype, channels_last, batch=64, repeats=10):
+    torch.manual_seed(0)
+    rt = util.Runtime(device=device, amp_dtype=amp_dtype)
+    model = build_cmc_model('resnet18v1')
+    model = rt.place(model) if channels_last else model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 64, 64, device=device)
+
+    def step():
+        with rt.autocast():
+            feat_l, feat_ab = model(x)
+        (feat_l.float().sum() + feat_ab.float().sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return median_time(step, device, repeats)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f'device {device}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}')
+    print('| what | reference path | ours | speed-up |')
+    print('|---|---:|---:|---:|')
+    for name, num_rows, K in (('demo bank', 1528, 1024), ('ImageNet bank', 1_281_167, 16384)):
+        reference, ours = bench_scores(device, num_rows, K, batch=64 if num_rows < 10_000 else 256)
+        print(f'| scores + backward, {name} (N={num_rows}, K={K}) | {reference * 1e3:.2f} ms | {ours * 1e3:.2f} ms '
+              f'| {reference / ours:.2f}x |', flush=True)
+    amp_dtypes = [(None, 'float32')]
+    if util.native_bf16(device):
+        amp_dtypes.append((torch.bfloat16, 'bfloat16 autocast'))
+    elif device.type == 'cuda':
+        amp_dtypes.append((torch.float16, 'float16 autocast'))
+    for amp_dtype, label in amp_dtypes:
+        reference = bench_model(device, amp_dtype, channels_last=False)
+        ours = bench_model(device, amp_dtype, channels_last=True)
+        print(f'| resnet18v1 SGD step, 64 px, B=64, {label} (NCHW vs channels-last) | {reference * 1e3:.1f} ms '
+              f'| {ours * 1e3:.1f} ms | {reference / ours:.2f}x |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
