@@ -316,8 +316,8 @@ class Runtime:
     def place(self, model):
         """Move a conv net to the device with its conv weights channels-last (NHWC); activations follow them.
 
-        Same arithmetic, faster kernels: one training step of CMC's resnet18v1 at 64 px on 2 CPU cores took 99 ms
-        instead of 144 in bfloat16 and 169 instead of 181 in float32 (bench/bench_step.py); GPUs with tensor
+        Same arithmetic, faster kernels: one SGD step of CMC's resnet18v1 at 64 px on 2 CPU cores takes 80 ms
+        instead of 122 in bfloat16 and 130 instead of 179 in float32 (bench/bench_step.py); GPUs with tensor
         cores want NHWC under --amp too.
         """
         return model.to(self.device, memory_format=torch.channels_last)
@@ -949,7 +949,10 @@ class Fit:
 
     def __call__(self):
         opt, rt = self.opt, self.rt
-        resume_path = self.run.prepare(opt, also=[self.tb.log_dir]) if rt.is_main else (opt.resume if opt.resume != 'auto' else '')
+        if rt.is_main:
+            resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
+        else:
+            resume_path = opt.resume if opt.resume != 'auto' else ''
         if rt.distributed:                      # every process resumes from what the main one found
             holder = [resume_path]
             dist.broadcast_object_list(holder, src=0)

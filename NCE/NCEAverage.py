@@ -30,6 +30,9 @@ def init_memory(num_rows, dim):
     return torch.rand(num_rows, dim).mul_(2 * bound).add_(-bound)  # num_rows x dim
 
 
+WHOLE_BANK_RATIO = 4     # score against the whole bank when it has at most this many times K + 1 rows
+
+
 def score_against_memory(feature, memory, idx, whole_bank=None):
     """Dot products v_idx . f (Wu et al. 2018, Sec. 3.1, before / T): feature B x D, idx B x (K+1) -> B x (K+1).
 
@@ -49,9 +52,6 @@ def score_against_memory(feature, memory, idx, whole_bank=None):
     rows = memory[idx]  # B x (K+1) x D, a gathered copy: later in-place memory writes do not touch it
     dots = torch.bmm(rows, feature.unsqueeze(-1))  # B x (K+1) x 1
     return dots.reshape(batch_size, -1)  # B x (K+1)
-
-
-WHOLE_BANK_RATIO = 4
 
 
 def _world_size():
