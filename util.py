@@ -6,12 +6,14 @@ precision); checkpoints (atomic writes, safe loads, run folders); the resumable 
 the epoch loop; the k-nearest-neighbour monitor.
 """
 import argparse
+import errno
 import math
 import os
 import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -436,14 +438,23 @@ def _to_python(x):
 
 # --------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(state, path):
-    """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
+# A write that fails for want of room (disk full, quota, a file-size limit) is the user's to fix, not a bug.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
-    A kill at any moment leaves either the old file or the new one, never a truncated one; the temporary file a
-    killed write left behind is removed by the next save to the same path (one writer per path, as in a run).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+
+def _no_room_error(error):
+    """The disk-full OSError behind ``error``, or None. torch.save reports a failed write as a RuntimeError from its
+    zip writer, with the OSError only in the exception's context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _remove_stale_temporaries(folder, path):
     prefix = '.' + os.path.basename(path) + '.'
     for name in os.listdir(folder):
         if name.startswith(prefix) and name.endswith('.tmp'):
@@ -451,18 +462,64 @@ def save_checkpoint(state, path):
                 os.remove(os.path.join(folder, name))
             except FileNotFoundError:
                 pass
+    return prefix
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
+
+    A kill at any moment leaves either the old file or the new one, never a truncated one; the temporary file a
+    killed write left behind is removed by the next save to the same path (one writer per path, as in a run).
+    A full disk ends as a UserError naming the file, with the temporary removed and the old file untouched.
+    """
+    _write_atomically(path, lambda f: torch.save(state, f))
+
+
+def _write_atomically(path, write):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    prefix = _remove_stale_temporaries(folder, path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)         # mkstemp makes the file private; a checkpoint is not
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        no_room = _no_room_error(e)
+        if no_room is None:
+            raise
+        raise UserError(f'could not write {path}: {no_room.strerror} ({_free_mib(folder)} MiB free there); free '
+                        f'some space or point --model_path at a bigger disk, then resume with --resume auto '
+                        f'(the checkpoints already written are intact)') from None
+    _fsync_dir(folder)
+
+
+def _free_mib(folder):
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize // 2 ** 20
+
+
+def link_checkpoint(src, dst):
+    """Make ``dst`` the same file as ``src`` (a hard link, put in place atomically), else a copy.
+
+    A run's current.pth and its ckpt_epoch_N.pth of the same epoch hold the same bytes: linking them halves the
+    disk a run takes. Safe because checkpoints are never written in place: the next save of either name makes a
+    new file and leaves the other one as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f'{_remove_stale_temporaries(folder, dst)}{os.getpid()}.link.tmp')
+    try:
+        os.link(src, tmp)
+    except OSError:                     # no hard links here (FAT, some network mounts): copy the bytes
+        with open(src, 'rb') as source:
+            _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22))
+        return
+    os.replace(tmp, dst)
     _fsync_dir(folder)
 
 
@@ -587,10 +644,14 @@ class RunFolder:
         return resume or None
 
     def save(self, state, epoch, save_freq):
-        """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs; both atomic."""
-        save_checkpoint(state, os.path.join(self.path, 'current.pth'))
+        """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs (then current.pth is a link to it)."""
+        current = os.path.join(self.path, 'current.pth')
         if epoch % save_freq == 0 and state.get('resume_step', 0) == 0:
-            save_checkpoint(state, os.path.join(self.path, f'ckpt_epoch_{epoch}.pth'))
+            kept = os.path.join(self.path, f'ckpt_epoch_{epoch}.pth')
+            save_checkpoint(state, kept)
+            link_checkpoint(kept, current)
+        else:
+            save_checkpoint(state, current)
 
 
 # --------------------------------------------------------------------------- data loading

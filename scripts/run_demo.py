@@ -232,7 +232,7 @@ def main(argv=None):
                    every=EPOCHS_PER_LINE, label=method, threads=threads)
         minutes[method] = (time.time() - t0) / 60
         (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
-        shutil.copyfile(ckpt, os.path.join(out, f'{method}.pth'))
+        util.link_checkpoint(ckpt, os.path.join(out, f'{method}.pth'))
         (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
         curves[method] = loss_curve(tb, method)
 

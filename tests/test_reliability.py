@@ -36,7 +36,7 @@ TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--devi
         '--print_freq', '1']
 
 SERVER = r'''
-import json, os, sys, traceback
+import json, os, resource, sys, traceback
 import torch, util, train_CMC, train_moco_ins, LinearProbing, eval_moco_ins
 SCRIPTS = {m.__name__: m for m in (train_CMC, train_moco_ins, LinearProbing, eval_moco_ins)}
 
@@ -44,6 +44,8 @@ def child(req):
     for fd, name in ((1, req['out']), (2, req['err'])):
         os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    if req.get('max_file_bytes'):                  # as a full disk: writes past it fail (EFBIG; Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (req['max_file_bytes'],) * 2)
     code = 1
     try:
         if req['op'] == 'run':
@@ -104,8 +106,8 @@ class ForkServer:
     def wait(self, pid):
         return self._ask(op='wait', pid=pid)['rc']
 
-    def run(self, script, argv):
-        pid, out, err = self.start('run', script=script, argv=[str(a) for a in argv])
+    def run(self, script, argv, max_file_bytes=None):
+        pid, out, err = self.start('run', script=script, argv=[str(a) for a in argv], max_file_bytes=max_file_bytes)
         rc = self.wait(pid)
         with open(out) as f_out, open(err) as f_err:
             return Result(rc, f_out.read(), f_err.read())
@@ -461,6 +463,24 @@ def test_every_bad_input_is_one_clear_line_and_touches_no_existing_run(server, e
             failures.append((script, argv[-6:], 'changed', changed))
             before = after
     assert not failures, '\n'.join(map(str, failures))
+
+
+def test_a_full_disk_while_saving_is_one_clear_line_and_keeps_the_last_checkpoint(server, existing, tmp_path):
+    """The disk fills up as epoch 2 is saved: one line naming the file and the fix, a non-zero exit, and epoch 1's
+    checkpoints untouched, so that --resume auto carries on once there is room."""
+    shutil.copytree(existing['root'] / 'models', tmp_path / 'models')
+    folder = run_folder(str(tmp_path / 'models'))
+    before = tree_digest(folder)
+    argv = cmc_argv(str(tmp_path), existing['data'], '--epochs', '2', '--resume', 'auto')
+    result = server.run('train_CMC', argv, max_file_bytes=2 ** 20)
+    lines = result.err.strip().splitlines()
+    assert result.rc != 0 and len(lines) == 1, result.err[-3000:]
+    assert re.fullmatch(rf'error: could not write {re.escape(folder)}/ckpt_epoch_2.pth: File too large '
+                        r'\(\d+ MiB free there\); free some space or point --model_path at a bigger disk, then '
+                        r'resume with --resume auto \(the checkpoints already written are intact\)', lines[0])
+    assert tree_digest(folder) == before
+    ok(server.run('train_CMC', argv))                 # room again: the run goes on from epoch 1's checkpoint
+    assert util.load_checkpoint(os.path.join(folder, 'current.pth'))['epoch'] == 2
 
 
 def test_skip_bad_images_skips_and_counts_instead_of_stopping(server, existing, tmp_path):

@@ -123,11 +123,12 @@ def test_eval_moco_ins_with_bn_cosine_adam_warm_and_cached_features(tmp_path, im
 
 
 def test_resume_continues_with_equal_memory_and_optimizer(tmp_path, image_folder):
+    small = ['--model', 'resnet18v1']                 # a fifth of AlexNet's checkpoint: four of them are written
     one_go = tmp_path / 'one_go'
-    train_CMC.main(cmc_args(one_go, image_folder))
+    train_CMC.main(cmc_args(one_go, image_folder, *small))
     split = tmp_path / 'split'
-    train_CMC.main(cmc_args(split, image_folder, '--epochs', '1'))
-    train_CMC.main(cmc_args(split, image_folder, '--epochs', '2', '--resume', 'auto'))
+    train_CMC.main(cmc_args(split, image_folder, *small, '--epochs', '1'))
+    train_CMC.main(cmc_args(split, image_folder, *small, '--epochs', '2', '--resume', 'auto'))
     a = util.load_checkpoint(os.path.join(run_dir(one_go), 'current.pth'))
     b = util.load_checkpoint(os.path.join(run_dir(split), 'current.pth'))
     assert a['epoch'] == b['epoch'] == 2

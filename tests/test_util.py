@@ -3,12 +3,19 @@ import argparse
 import math
 import os
 import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
 import util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_adjust_learning_rate_counts_decay_epochs_strictly_below():
@@ -144,6 +151,59 @@ def test_run_folder_refuses_to_clobber_and_resolves_auto(tmp_path):
         run.prepare(opt)
     opt.resume, opt.overwrite = '', True
     assert run.prepare(opt) is None
+
+
+def test_an_epoch_kept_by_save_freq_shares_its_bytes_with_current(tmp_path):
+    """current.pth is a hard link to ckpt_epoch_N.pth when both are written, so a run takes half the disk; the next
+    epoch's current.pth is a new file and leaves the kept epoch as it was."""
+    run = util.RunFolder(str(tmp_path))
+    run.save({'epoch': 2, 'w': torch.full((1000,), 2.0)}, epoch=2, save_freq=2)
+    current, kept = tmp_path / 'current.pth', tmp_path / 'ckpt_epoch_2.pth'
+    assert os.path.samefile(current, kept) and os.stat(kept).st_nlink == 2
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_epoch_2.pth', 'current.pth']
+    run.save({'epoch': 3, 'w': torch.full((1000,), 3.0)}, epoch=3, save_freq=2)
+    assert not os.path.samefile(current, kept) and os.stat(kept).st_nlink == 1
+    assert util.load_checkpoint(str(kept))['w'][0].item() == 2.0
+    assert util.load_checkpoint(str(current))['w'][0].item() == 3.0
+    run.save({'epoch': 4, 'w': torch.full((1000,), 4.0), 'resume_step': 5}, epoch=4, save_freq=2)
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_epoch_2.pth', 'current.pth']   # mid-epoch: current only
+
+
+@pytest.mark.skipif(not os.path.isdir('/dev/shm') or not os.access('/dev/shm', os.W_OK), reason='needs /dev/shm')
+def test_link_checkpoint_copies_across_file_systems(tmp_path):
+    """Where a hard link is impossible (here: another file system, EXDEV) the checkpoint is copied instead."""
+    with tempfile.TemporaryDirectory(dir='/dev/shm') as other:
+        if os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip('/dev/shm is on the same file system as the test folder')
+        src = os.path.join(other, 'ckpt_epoch_1.pth')
+        util.save_checkpoint({'epoch': 1, 'w': torch.arange(10.0)}, src)
+        util.link_checkpoint(src, str(tmp_path / 'current.pth'))
+        assert os.listdir(tmp_path) == ['current.pth']
+        assert open(src, 'rb').read() == (tmp_path / 'current.pth').read_bytes()
+        assert util.load_checkpoint(str(tmp_path / 'current.pth'))['w'].tolist() == list(range(10))
+
+
+def test_a_full_disk_is_one_clear_error_and_the_old_checkpoint_survives(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes the write fail as a full disk does, in a child process: EFBIG from
+    inside torch.save must come out as a UserError naming the file, with no temporary left and the old file whole."""
+    path = tmp_path / 'current.pth'
+    util.save_checkpoint({'w': torch.zeros(10)}, str(path))
+    before = path.read_bytes()
+    child = textwrap.dedent(f"""
+        import resource, sys, torch, util
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 ** 20, 2 ** 20))
+        try:
+            util.save_checkpoint({{'w': torch.zeros(2 ** 20)}}, {str(path)!r})
+        except util.UserError as e:
+            print(e)
+            sys.exit(3)
+    """)
+    result = subprocess.run([sys.executable, '-c', child], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert re.fullmatch(rf'could not write {re.escape(str(path))}: File too large \(\d+ MiB free there\); free '
+                        r'some space .* --resume auto \(the checkpoints already written are intact\)\n',
+                        result.stdout), result.stdout
+    assert os.listdir(tmp_path) == ['current.pth'] and path.read_bytes() == before
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason='reads the CPU flags from /proc/cpuinfo')
