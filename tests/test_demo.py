@@ -51,3 +51,17 @@ def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
     with pytest.raises(SystemExit, match='lane one failed'):
         run_demo.run_lanes([[fail], [long_script, lambda: done.append('after')]])
     assert time.time() - t0 < 30 and done == [] and not run_demo.RUNNING
+
+
+def test_progress_shows_every_nth_epoch_with_the_knn_that_follows_it(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import run_demo
+    printed = ['epoch 1, total time 1.2', 'kNN (k=200, t=0.07) top-1 on val: 40.00', 'epoch 2, total time 2.6',
+               'kNN (k=200, t=0.07) top-1 on val: 45.56', 'epoch 3, total time 3.0', 'epoch 4, total time 4.4',
+               'kNN (k=200, t=0.07) top-1 on val: 50.00', 'epoch 5, total time 5.0']
+    run_demo.run_script(['-c', f'print({chr(10).join(printed)!r})'], str(tmp_path / 'log'), run_demo.Progress(1),
+                        5, every=2, label='cmc')
+    lines = [line.split('min  ', 1)[1].strip() for line in capsys.readouterr().out.splitlines()]
+    assert lines == ['cmc epoch 2/5 (3 s), kNN top-1 45.6', 'cmc epoch 4/5 (4 s), kNN top-1 50.0',
+                     'cmc epoch 5/5 (5 s)']
+    assert (tmp_path / 'log').read_text() == '\n'.join(printed) + '\n'
