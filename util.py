@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from contextlib import nullcontext
@@ -733,18 +734,46 @@ class TBLogger:
         if self.enabled and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             os.makedirs(self.log_dir, exist_ok=True)
+            _quiet_no_room_in_threads()
             self.writer = SummaryWriter(log_dir=self.log_dir)
         if self.writer is not None:
-            self.writer.add_scalar(tag, float(value), step)
+            self._guard(lambda: self.writer.add_scalar(tag, float(value), step))
 
     def flush(self):
         if self.writer is not None:
-            self.writer.flush()
+            self._guard(self.writer.flush)
 
     def close(self):
         if self.writer is not None:
-            self.writer.close()
+            self._guard(self.writer.close)
         self.enabled, self.writer = False, None
+
+    def _guard(self, action):
+        """A full disk under the event file ends as one UserError (and the logger stops trying)."""
+        try:
+            action()
+        except Exception as e:
+            no_room = _no_room_error(e)
+            if no_room is None:
+                raise
+            self.enabled, self.writer = False, None
+            raise UserError(f'could not write the TensorBoard log in {self.log_dir}: {no_room.strerror} '
+                            f'({_free_mib(self.log_dir)} MiB free there); free some space or point --tb_path at a '
+                            f'bigger disk, then resume with --resume auto') from None
+
+
+def _quiet_no_room_in_threads():
+    """TensorBoard writes from a thread, which prints a traceback when the disk is full before the main thread is
+    told: keep only the main thread's one line. Other errors in threads are printed as before."""
+    if getattr(threading.excepthook, 'quiet_no_room', False):
+        return
+    previous = threading.excepthook
+
+    def hook(args):
+        if _no_room_error(args.exc_value) is None:
+            previous(args)
+    hook.quiet_no_room = True
+    threading.excepthook = hook
 
 
 class StopSignal:

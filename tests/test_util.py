@@ -206,6 +206,29 @@ def test_a_full_disk_is_one_clear_error_and_the_old_checkpoint_survives(tmp_path
     assert os.listdir(tmp_path) == ['current.pth'] and path.read_bytes() == before
 
 
+def test_a_full_disk_under_the_tensorboard_log_is_one_clear_error_without_thread_tracebacks(tmp_path):
+    """TensorBoard's writer thread hits the limit first: the main thread must end with one UserError naming the
+    folder, and the thread's own traceback must not reach stderr."""
+    child = textwrap.dedent(f"""
+        import resource, sys, util
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+        tb = util.TBLogger({str(tmp_path / 'tb')!r})
+        try:
+            for step in range(100):
+                tb.log_value('loss', 1.0, step)
+            tb.flush()
+        except util.UserError as e:
+            print(e)
+            tb.close()
+            sys.exit(3)
+    """)
+    result = subprocess.run([sys.executable, '-c', child], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and result.stderr == '', result.stderr
+    assert re.fullmatch(rf'could not write the TensorBoard log in {re.escape(str(tmp_path / "tb"))}: File too large '
+                        r'\(\d+ MiB free there\); free some space or point --tb_path at a bigger disk, then resume '
+                        r'with --resume auto\n', result.stdout), result.stdout
+
+
 @pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason='reads the CPU flags from /proc/cpuinfo')
 def test_native_bf16_on_the_cpu_agrees_with_the_kernel_cpu_flags():
     flags = set()
