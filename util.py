@@ -455,15 +455,19 @@ def _no_room_error(error):
     return None
 
 
+def _temporary_prefix(path):
+    return '.' + os.path.basename(path) + '.'
+
+
 def _remove_stale_temporaries(folder, path):
-    prefix = '.' + os.path.basename(path) + '.'
+    """Temporary files that a killed write to ``path`` left behind (one writer per path, as in a run)."""
+    prefix = _temporary_prefix(path)
     for name in os.listdir(folder):
         if name.startswith(prefix) and name.endswith('.tmp'):
             try:
                 os.remove(os.path.join(folder, name))
             except FileNotFoundError:
                 pass
-    return prefix
 
 
 def save_checkpoint(state, path):
@@ -479,8 +483,8 @@ def save_checkpoint(state, path):
 def _write_atomically(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    prefix = _remove_stale_temporaries(folder, path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix='.tmp')
+    _remove_stale_temporaries(folder, path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)         # mkstemp makes the file private; a checkpoint is not
@@ -513,7 +517,8 @@ def link_checkpoint(src, dst):
     new file and leaves the other one as it was.
     """
     folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, f'{_remove_stale_temporaries(folder, dst)}{os.getpid()}.link.tmp')
+    _remove_stale_temporaries(folder, dst)
+    tmp = os.path.join(folder, f'{_temporary_prefix(dst)}{os.getpid()}.link.tmp')
     try:
         os.link(src, tmp)
     except OSError:                     # no hard links here (FAT, some network mounts): copy the bytes

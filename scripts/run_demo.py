@@ -119,13 +119,16 @@ def run_script(args, log_path, progress, total_epochs, every=1, label='', thread
             log.write(line)
             m = re.match(r'(?:train )?epoch (\d+), total time ([\d.]+)', line)
             knn = re.match(r'kNN .* top-1 on val: ([\d.]+)', line)
-            if m or (knn and pending):
-                if pending:
-                    progress.say(pending + (f', kNN top-1 {float(knn.group(1)):.1f}' if knn else ''))
+            if knn and pending:
+                progress.say(f'{pending}, kNN top-1 {float(knn.group(1)):.1f}')
                 pending = None
-            if m and (int(m.group(1)) % every == 0 or int(m.group(1)) == total_epochs):
-                pending = (f'      {label + " " if label else ""}epoch {m.group(1)}/{total_epochs} '
-                           f'({float(m.group(2)):.0f} s)')
+            elif m:
+                if pending:                   # that epoch had no kNN
+                    progress.say(pending)
+                epoch = int(m.group(1))
+                due = epoch % every == 0 or epoch == total_epochs
+                pending = (f'      {label + " " if label else ""}epoch {epoch}/{total_epochs} '
+                           f'({float(m.group(2)):.0f} s)') if due else None
         if pending:
             progress.say(pending)
         proc.wait()
