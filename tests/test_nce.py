@@ -15,6 +15,18 @@ from NCE.NCEAverage import WHOLE_BANK_RATIO, score_against_memory
 
 N, K, D, T, M = 20, 5, 8, 0.07, 0.5
 
+# Tolerances for float32 results that the modules and the expected-value formulas below reach along different paths
+# (whole-bank matmul / bmm vs einsum, F.normalize vs / norm): summation order and vectorisation are CPU dependent.
+U = 2. ** -24       # float32 unit round-off, 6e-8
+DOT_ATOL = 1e-6     # a D = 8-term dot of a unit feature and a memory row (norm <= sqrt(3) at init): D U sqrt(3) = 8e-7
+LOGIT_ATOL = 2e-5   # dot / T: DOT_ATOL / T = 1.4e-5, plus the rounding of |dot / T| <= 25 (25 U = 1.5e-6)
+EXP_RTOL = 2e-5     # exp(dot / T): its relative error is the absolute error of dot / T, i.e. LOGIT_ATOL
+Z_RTOL = 3e-5       # Z = N x mean of B (K+1) <= 24 such terms: EXP_RTOL + 24 U for the sum
+SCORE_RTOL = 5e-5   # exp(dot / T) / Z: EXP_RTOL + Z_RTOL
+# a momentum-updated memory row has norm 1: the norm of D squares and the division cost a few U (~5e-7) per update;
+# the norm's error scales the whole row, so dots with updated rows stay within DOT_ATOL (8 U + 5 U)
+MEMORY_ATOL = 1e-6
+
 
 def unit_features(*shape, seed):
     g = torch.Generator().manual_seed(seed)
@@ -63,8 +75,11 @@ def test_whole_bank_and_gathered_rows_give_the_same_scores_and_gradients(num_row
         results.append((scores.detach(), feature.grad))
     expected = torch.einsum('bkd,bd->bk', memory[idx], unit_features(7, D, seed=5))
     expected_grad = torch.einsum('bk,bkd->bd', weights, memory[idx])
+    # the gradient sums K+1 terms w_k m_k (|m| <= 1, unit rows) on each side: (K+1) U sum_k |w_k| per side
+    grad_atol = 2 * (K + 1) * U * float(weights.abs().sum(1).max())
     for scores, grad in results:
-        assert torch.allclose(scores, expected, atol=1e-6) and torch.allclose(grad, expected_grad, atol=1e-6)
+        assert torch.allclose(scores, expected, rtol=0, atol=DOT_ATOL) and torch.allclose(grad, expected_grad, rtol=0,
+                                                                                          atol=grad_atol)
     # the default picks the whole bank only where it is small next to K + 1
     assert (num_rows <= WHOLE_BANK_RATIO * (K + 1)) == (num_rows == N)
 
@@ -78,7 +93,9 @@ def test_memory_update_after_scoring_leaves_the_gradient_intact():
     out_l, _ = module(l, ab, y, idx)                    # writes memory_ab rows y in place
     out_l.sum().backward()
     assert not torch.equal(module.memory_ab, memory_ab)
-    assert torch.allclose(l.grad, memory_ab[idx].sum(1) / T, atol=1e-5)  # the bank as it was when scored
+    # both sides sum K+1 rows (entries <= sqrt(3 / D)) / T in another order: (K+1) U x (K+1) sqrt(3 / D) / T each
+    grad_atol = 2 * (K + 1) ** 2 * U * (3 / D) ** 0.5 / T
+    assert torch.allclose(l.grad, memory_ab[idx].sum(1) / T, rtol=0, atol=grad_atol)  # the bank as it was when scored
 
 
 # ---------------------------------------------------------------- NCEAverage (CMC)
@@ -86,7 +103,7 @@ def test_memory_update_after_scoring_leaves_the_gradient_intact():
 def test_nce_average_nce_mode_two_calls():
     torch.manual_seed(0)
     module = NCEAverage(D, N, K, T, M)
-    assert module.params.tolist() == pytest.approx([K, T, -1, -1, M])
+    assert module.params.tolist() == pytest.approx([K, T, -1, -1, M], rel=2 * U, abs=0)  # T rounded to float32: <= U
     bound = 1 / (D / 3) ** 0.5
     assert module.memory_l.shape == (N, D) and module.memory_l.abs().max() <= bound
     assert module.memory_l.abs().max() > 0.8 * bound  # really spread over [-s, s]
@@ -101,22 +118,24 @@ def test_nce_average_nce_mode_two_calls():
     want_l, z_l = expected_scores(l1, mem_ab, idx1, T)  # l is scored against the ab memory
     want_ab, z_ab = expected_scores(ab1, mem_l, idx1, T)
     assert out_l.shape == out_ab.shape == (3, K + 1, 1)
-    torch.testing.assert_close(out_l.squeeze(-1), want_l)
-    torch.testing.assert_close(out_ab.squeeze(-1), want_ab)
-    torch.testing.assert_close(module.params[2], z_l)
-    torch.testing.assert_close(module.params[3], z_ab)
-    assert float(z_l) != pytest.approx(float(z_ab))  # one Z per view
+    torch.testing.assert_close(out_l.squeeze(-1), want_l, rtol=SCORE_RTOL, atol=0)
+    torch.testing.assert_close(out_ab.squeeze(-1), want_ab, rtol=SCORE_RTOL, atol=0)
+    torch.testing.assert_close(module.params[2], z_l, rtol=Z_RTOL, atol=0)
+    torch.testing.assert_close(module.params[3], z_ab, rtol=Z_RTOL, atol=0)
+    assert float(z_l) != pytest.approx(float(z_ab), rel=Z_RTOL)  # one Z per view: apart by more than Z's rounding
     mem_l, mem_ab = expected_memory(mem_l, y1, l1, M), expected_memory(mem_ab, y1, ab1, M)
-    torch.testing.assert_close(module.memory_l, mem_l)
-    torch.testing.assert_close(module.memory_ab, mem_ab)
+    torch.testing.assert_close(module.memory_l, mem_l, rtol=0, atol=MEMORY_ATOL)
+    torch.testing.assert_close(module.memory_ab, mem_ab, rtol=0, atol=MEMORY_ATOL)
 
     # second call: Z frozen, scores use the updated memory
     out_l, out_ab = module(l2, ab2, y2, idx2)
-    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l2, mem_ab, idx2, T, z_l)[0])
-    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab2, mem_l, idx2, T, z_ab)[0])
-    torch.testing.assert_close(module.params[2:4], torch.stack([z_l, z_ab]))
-    torch.testing.assert_close(module.memory_l, expected_memory(mem_l, y2, l2, M))
-    torch.testing.assert_close(module.memory_ab, expected_memory(mem_ab, y2, ab2, M))
+    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l2, mem_ab, idx2, T, z_l)[0], rtol=SCORE_RTOL,
+                               atol=0)
+    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab2, mem_l, idx2, T, z_ab)[0], rtol=SCORE_RTOL,
+                               atol=0)
+    torch.testing.assert_close(module.params[2:4], torch.stack([z_l, z_ab]), rtol=Z_RTOL, atol=0)
+    torch.testing.assert_close(module.memory_l, expected_memory(mem_l, y2, l2, M), rtol=0, atol=MEMORY_ATOL)
+    torch.testing.assert_close(module.memory_ab, expected_memory(mem_ab, y2, ab2, M), rtol=0, atol=MEMORY_ATOL)
     untouched = torch.ones(N, dtype=torch.bool)
     untouched[torch.cat([y1, y2])] = False
     assert torch.equal(module.memory_l[untouched], mem_l[untouched])
@@ -131,10 +150,12 @@ def test_nce_average_softmax_mode_and_batch_of_one():
     mem_l, mem_ab = module.memory_l.clone(), module.memory_ab.clone()
     out_l, out_ab = module(l, ab, y, idx)
     assert out_l.shape == out_ab.shape == (1, K + 1, 1)
-    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l, mem_ab, idx, T, 'softmax')[0])
-    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab, mem_l, idx, T, 'softmax')[0])
+    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l, mem_ab, idx, T, 'softmax')[0], rtol=0,
+                               atol=LOGIT_ATOL)
+    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab, mem_l, idx, T, 'softmax')[0], rtol=0,
+                               atol=LOGIT_ATOL)
     assert module.params[2:4].tolist() == [-1, -1]  # softmax mode never sets Z
-    torch.testing.assert_close(module.memory_ab, expected_memory(mem_ab, y, ab, M))
+    torch.testing.assert_close(module.memory_ab, expected_memory(mem_ab, y, ab, M), rtol=0, atol=MEMORY_ATOL)
 
 
 def test_nce_average_z_momentum_running_average():
@@ -148,15 +169,19 @@ def test_nce_average_z_momentum_running_average():
     module(l1, ab1, y1, idx1)
     _, z_l1 = expected_scores(l1, mem_ab, idx1, T)
     _, z_ab1 = expected_scores(ab1, mem_l, idx1, T)
-    torch.testing.assert_close(module.params[2:4], torch.stack([z_l1, z_ab1]))  # first call: plain estimate
+    # first call: plain estimate
+    torch.testing.assert_close(module.params[2:4], torch.stack([z_l1, z_ab1]), rtol=Z_RTOL, atol=0)
     mem_l, mem_ab = expected_memory(mem_l, y1, l1, M), expected_memory(mem_ab, y1, ab1, M)
     out_l, out_ab = module(l2, ab2, y2, idx2)
     _, est_l = expected_scores(l2, mem_ab, idx2, T)
     _, est_ab = expected_scores(ab2, mem_l, idx2, T)
     z_l2, z_ab2 = zm * z_l1 + (1 - zm) * est_l, zm * z_ab1 + (1 - zm) * est_ab
-    torch.testing.assert_close(module.params[2:4], torch.stack([z_l2, z_ab2]))
-    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l2, mem_ab, idx2, T, z_l2)[0])
-    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab2, mem_l, idx2, T, z_ab2)[0])
+    # a positive mix of two Z: Z_RTOL still (+ 2 U for the mix, within its margin)
+    torch.testing.assert_close(module.params[2:4], torch.stack([z_l2, z_ab2]), rtol=Z_RTOL, atol=0)
+    torch.testing.assert_close(out_l.squeeze(-1), expected_scores(l2, mem_ab, idx2, T, z_l2)[0], rtol=SCORE_RTOL,
+                               atol=0)
+    torch.testing.assert_close(out_ab.squeeze(-1), expected_scores(ab2, mem_l, idx2, T, z_ab2)[0], rtol=SCORE_RTOL,
+                               atol=0)
 
 
 def test_nce_average_gradient_treats_z_as_constant():
@@ -173,8 +198,13 @@ def test_nce_average_gradient_treats_z_as_constant():
     want_l, _ = expected_scores(l_ref, mem_ab, idx, T, module.params[2].clone())
     want_ab, _ = expected_scores(ab_ref, mem_l, idx, T, module.params[3].clone())
     (want_l.pow(2).sum() + want_ab.sum()).backward()
-    torch.testing.assert_close(l.grad, l_ref.grad)
-    torch.testing.assert_close(ab.grad, ab_ref.grad)
+    # each entry sums over K+1 candidates c_k m_kd, c_k = 2 out_k^2 / T (l) or out_k / T (ab), Z shared: out_k^2 is off
+    # by 2 EXP_RTOL, the sum adds (K+1) U, relative to s = sum_k |c_k m_kd|; compared in units of s
+    grad_rtol = 2 * EXP_RTOL + (K + 1) * U
+    s_l = torch.einsum('bk,bkd->bd', 2 * want_l.detach() ** 2 / T, mem_ab[idx].abs())
+    s_ab = torch.einsum('bk,bkd->bd', want_ab.detach() / T, mem_l[idx].abs())
+    torch.testing.assert_close(l.grad / s_l, l_ref.grad / s_l, rtol=0, atol=grad_rtol)
+    torch.testing.assert_close(ab.grad / s_ab, ab_ref.grad / s_ab, rtol=0, atol=grad_rtol)
 
 
 def test_modules_sample_with_the_uniform_sampler_when_idx_is_none():
@@ -189,7 +219,7 @@ def test_modules_sample_with_the_uniform_sampler_when_idx_is_none():
     out_sampled = sampled(l, ab, y)
     out_given = given(l, ab, y, idx)
     for a, b in zip(out_sampled, out_given):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same module state, inputs and idx: bit-identical
 
 
 # ---------------------------------------------------------------- MemoryInsDis
@@ -198,7 +228,7 @@ def test_modules_sample_with_the_uniform_sampler_when_idx_is_none():
 def test_memory_insdis_two_calls(use_softmax):
     torch.manual_seed(5)
     module = MemoryInsDis(D, N, K, T, M, use_softmax=use_softmax)
-    assert module.params.tolist() == pytest.approx([K, T, -1, M])
+    assert module.params.tolist() == pytest.approx([K, T, -1, M], rel=2 * U, abs=0)  # T rounded to float32: <= U
     y1, y2 = torch.tensor([4, 8, 15]), torch.tensor([16])  # second call: B == 1 keeps its batch dim
     x1, x2 = unit_features(3, D, seed=22), unit_features(1, D, seed=23)
     idx1, idx2 = given_idx(y1, 24), given_idx(y2, 25)
@@ -206,14 +236,16 @@ def test_memory_insdis_two_calls(use_softmax):
     out = module(x1, y1, idx1)
     want, z = expected_scores(x1, mem, idx1, T, 'softmax' if use_softmax else None)
     assert out.shape == (3, K + 1)
-    torch.testing.assert_close(out, want)
-    torch.testing.assert_close(module.params[2], torch.tensor(-1.) if use_softmax else z)
+    score_tol = dict(rtol=0, atol=LOGIT_ATOL) if use_softmax else dict(rtol=SCORE_RTOL, atol=0)  # dot / T or exp / Z
+    torch.testing.assert_close(out, want, **score_tol)
+    torch.testing.assert_close(module.params[2], torch.tensor(-1.) if use_softmax else z,
+                               rtol=0 if use_softmax else Z_RTOL, atol=0)  # softmax: the exact -1 left alone
     mem = expected_memory(mem, y1, x1, M)
-    torch.testing.assert_close(module.memory, mem)
+    torch.testing.assert_close(module.memory, mem, rtol=0, atol=MEMORY_ATOL)
     out = module(x2, y2, idx2)
     assert out.shape == (1, K + 1)
-    torch.testing.assert_close(out, expected_scores(x2, mem, idx2, T, 'softmax' if use_softmax else z)[0])
-    torch.testing.assert_close(module.memory, expected_memory(mem, y2, x2, M))
+    torch.testing.assert_close(out, expected_scores(x2, mem, idx2, T, 'softmax' if use_softmax else z)[0], **score_tol)
+    torch.testing.assert_close(module.memory, expected_memory(mem, y2, x2, M), rtol=0, atol=MEMORY_ATOL)
 
 
 def test_memory_insdis_z_momentum_and_backward():
@@ -229,8 +261,8 @@ def test_memory_insdis_z_momentum_and_backward():
     mem = expected_memory(mem, y1, x1, M)
     out = module(x2, y2, idx2)
     z2 = zm * z1 + (1 - zm) * expected_scores(x2.detach(), mem, idx2, T)[1]
-    torch.testing.assert_close(module.params[2], z2)
-    torch.testing.assert_close(out, expected_scores(x2.detach(), mem, idx2, T, z2)[0])
+    torch.testing.assert_close(module.params[2], z2, rtol=Z_RTOL, atol=0)  # a positive mix of two Z (+ 2 U)
+    torch.testing.assert_close(out, expected_scores(x2.detach(), mem, idx2, T, z2)[0], rtol=SCORE_RTOL, atol=0)
     out.sum().backward()
     assert torch.isfinite(x2.grad).all() and x2.grad.abs().sum() > 0
 
@@ -253,15 +285,16 @@ def test_memory_moco_logits_queue_wraparound_and_pointer():
         if z is None:
             z = exp_scores.mean() * N  # Z uses the data-set size, not the queue size
         assert out.shape == (batch, queue_size + 1)
-        torch.testing.assert_close(out, exp_scores / z)
-        torch.testing.assert_close(module.params[0], z.detach())
+        # the same ops as MemoryMoCo.forward, but matmul kernels may round differently (alignment, blocking)
+        torch.testing.assert_close(out, exp_scores / z, rtol=SCORE_RTOL, atol=0)
+        torch.testing.assert_close(module.params[0], z.detach(), rtol=Z_RTOL, atol=0)
         out.sum().backward()  # the queue is written in place after scoring: must not break backward
         assert k.grad is None and q.grad is not None
         for row in k:
             queue[ptr] = row
             ptr = (ptr + 1) % queue_size
         assert int(module.queue_ptr) == ptr
-        torch.testing.assert_close(module.memory, queue)
+        torch.testing.assert_close(module.memory, queue, rtol=0, atol=0)  # keys copied into the queue
     assert ptr == 5
 
     # B > queue size: only the newest keys survive, in order
@@ -271,7 +304,7 @@ def test_memory_moco_logits_queue_wraparound_and_pointer():
         queue[ptr] = row
         ptr = (ptr + 1) % queue_size
     assert int(module.queue_ptr) == ptr
-    torch.testing.assert_close(module.memory, queue)
+    torch.testing.assert_close(module.memory, queue, rtol=0, atol=0)  # keys copied into the queue
 
 
 def test_memory_moco_softmax_and_batch_of_one():
@@ -281,7 +314,8 @@ def test_memory_moco_softmax_and_batch_of_one():
     q, k = unit_features(1, D, seed=52), unit_features(1, D, seed=53)
     out = module(q, k)
     assert out.shape == (1, 5)
-    torch.testing.assert_close(out, torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], 1) / T)
+    torch.testing.assert_close(out, torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], 1) / T, rtol=0,
+                               atol=LOGIT_ATOL)  # dot / T
     assert module.params.tolist() == [-1]
 
 
@@ -296,8 +330,8 @@ def test_memory_moco_checkpoint_keeps_pointer_and_loads_old_state_dicts():
     restored = MemoryMoCo(D, N, 7, T)
     restored.load_state_dict(state)
     assert int(restored.queue_ptr) == 6
-    torch.testing.assert_close(restored.memory, module.memory)
-    torch.testing.assert_close(restored.params, module.params)
+    torch.testing.assert_close(restored.memory, module.memory, rtol=0, atol=0)  # loaded copies
+    torch.testing.assert_close(restored.params, module.params, rtol=0, atol=0)
 
     # reference checkpoint: no queue_ptr, params an int64 tensor
     old = {'params': torch.tensor([1234]), 'memory': module.memory.clone()}
@@ -308,7 +342,7 @@ def test_memory_moco_checkpoint_keeps_pointer_and_loads_old_state_dicts():
     # the pointer restarts at slot 0
     k = unit_features(2, D, seed=80)
     restored(unit_features(2, D, seed=81), k)
-    torch.testing.assert_close(restored.memory[:2], k)
+    torch.testing.assert_close(restored.memory[:2], k, rtol=0, atol=0)  # keys copied into the queue
     assert int(restored.queue_ptr) == 2
 
 
@@ -324,7 +358,9 @@ def test_reference_state_dict_keys_load_into_nce_average_and_insdis():
     y = torch.tensor([1])
     l, ab, idx = unit_features(1, D, seed=82), unit_features(1, D, seed=83), given_idx(y, 84)
     out_l, _ = cmc(l, ab, y, idx)
-    torch.testing.assert_close(out_l.squeeze(-1), torch.exp(ab.new_ones(1, K + 1) * l.sum() / 0.2) / 55.0)
+    # dot with a row of ones (D terms, |l|_1 <= sqrt(D)) vs l.sum(): D U sqrt(D) = 1.4e-6, / T = 0.2 -> 7e-6 relative
+    torch.testing.assert_close(out_l.squeeze(-1), torch.exp(ab.new_ones(1, K + 1) * l.sum() / 0.2) / 55.0, rtol=1e-5,
+                               atol=0)
 
 
 # ---------------------------------------------------------------- uniform negatives
@@ -359,6 +395,12 @@ def test_sampled_indices_exclude_positive_and_are_uniform():
 
 # ---------------------------------------------------------------- alias tables
 
+def alias_atol(table):
+    """Error of implied_distribution: P(i) n sums prob_i and (1 - prob_j) over the a_i columns j aliased to i, each
+    off by <= U from prob's rounding to float32 (the float64 build is exact to ~1e-16): (1 + max a_i) U / n."""
+    return (1 + int(torch.bincount(table.alias).max())) * U / table.prob.numel()
+
+
 def implied_distribution(table):
     """P(i) = sum_j [prob_j (j == i) + (1 - prob_j) (alias_j == i)] / N."""
     prob, alias = table.prob.double(), table.alias
@@ -380,7 +422,7 @@ def implied_distribution(table):
 def test_alias_table_is_valid(weights):
     table = AliasMethod(weights)
     p = torch.as_tensor(weights, dtype=torch.float64)
-    torch.testing.assert_close(implied_distribution(table), p / p.sum(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(implied_distribution(table), p / p.sum(), rtol=0, atol=alias_atol(table))
     zero = p == 0
     if zero.any():  # an impossible item is never kept nor used as an alias
         assert (table.prob.double()[zero] == 0).all() and not torch.isin(table.alias[~zero], zero.nonzero()).any()
@@ -394,6 +436,7 @@ def test_alias_draw_frequencies_and_device_move():
     draws = table.draw(200_000)
     assert draws.shape == (200_000,) and draws.dtype == torch.long
     freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+    # sampling noise: sd sqrt(p (1 - p) / 200k) <= 1.1e-3, so 5e-3 is > 4 sd
     torch.testing.assert_close(freq, weights.double(), rtol=0, atol=5e-3)
     assert freq[1] == 0
     moved = AliasMethod(weights).to('meta')
@@ -407,7 +450,7 @@ def test_alias_table_for_imagenet_size_builds_fast():
     elapsed = time.perf_counter() - start
     assert elapsed < 3.0, elapsed
     torch.testing.assert_close(implied_distribution(table), weights.double() / weights.double().sum(),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=alias_atol(table))
 
 
 def test_alias_rejects_bad_weights():
@@ -435,6 +478,7 @@ def test_nce_criterion_matches_formula(shape):
             pi = float(flat[b, i])
             want += torch.log(torch.tensor(m * pn / (pi + m * pn + eps), dtype=torch.float64))
     want = -want / shape[0]
+    # float32 log of ratios (a few U each, |log| <= ~10) summed over <= 24 terms: ~30 U = 2e-6 relative, 5x margin
     torch.testing.assert_close(loss.double(), want.reshape(1), rtol=1e-5, atol=1e-6)
 
 
@@ -445,8 +489,10 @@ def test_nce_softmax_loss_matches_cross_entropy(shape):
     loss = NCESoftmaxLoss()(x)
     flat = x.detach().reshape(shape[0], K + 1)
     manual = -(flat[:, 0] - torch.logsumexp(flat, dim=1)).mean()
-    torch.testing.assert_close(loss.detach(), manual)
-    torch.testing.assert_close(loss.detach(), F.cross_entropy(flat, torch.zeros(shape[0], dtype=torch.long)))
+    # log_softmax vs logsumexp over K+1 = 6 logits |x| <= ~4: a few U of |x| + log 6 (~6 U x 5 = 2e-6)
+    torch.testing.assert_close(loss.detach(), manual, rtol=0, atol=2e-6)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(flat, torch.zeros(shape[0], dtype=torch.long)), rtol=0,
+                               atol=0)  # NCESoftmaxLoss is this very call
     loss.backward()
     assert x.grad.shape == x.shape
 
