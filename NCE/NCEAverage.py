@@ -7,7 +7,8 @@ The three share one set of mechanics (functions below and `ContrastMemory`):
   (Wu et al. 2018, Sec. 3.2: Z ~= n E_j[exp(v_j . f / T)]), then frozen (reference) or a running average (z_momentum);
 - memory update: memory[y] = normalise(m memory[y] + (1 - m) feature) (memory bank of Wu et al. 2018, Sec. 3.1,
   with CMC's momentum, Sec. 3.4).
-A module with any number of views is a loop over (feature, memory, Z slot) triples.
+A module with any number of views is a loop over (feature, memory, Z slot) triples (`MultiviewContrast`, of which
+CMC's two-view `NCEAverage` is the special case).
 
 No host sync in any forward: hyper-parameters stay device tensors, the first-call test of Z is a torch.where.
 """
@@ -20,8 +21,8 @@ import torch.nn.functional as F
 
 from .alias_multinomial import sample_contrast_indices
 
-__all__ = ['ContrastMemory', 'NCEAverage', 'MemoryInsDis', 'MemoryMoCo', 'score_against_memory', 'momentum_update_',
-           'init_memory', 'gather_from_all_processes']
+__all__ = ['ContrastMemory', 'MultiviewContrast', 'contrast_view_pairs', 'NCEAverage', 'MemoryInsDis', 'MemoryMoCo',
+           'score_against_memory', 'momentum_update_', 'init_memory', 'gather_from_all_processes']
 
 
 def init_memory(num_rows, dim):
@@ -132,31 +133,121 @@ class ContrastMemory(nn.Module):
                 f"z_momentum={self.z_momentum}")
 
 
-class NCEAverage(ContrastMemory):
-    """CMC two-view memory bank (Tian et al. 2019, Contrastive Multiview Coding, Sec. 3.2-3.4).
+CONTRAST_PARADIGMS = ('core', 'full')
+
+
+def contrast_view_pairs(num_views, paradigm='core'):
+    """Unordered view pairs (i, j), i < j, that CMC contrasts (Tian et al. 2019, Sec. 3.3):
+    'core' (eq. 6): the core view 0 with every other view; 'full' (eq. 7): every pair, in row order."""
+    if paradigm not in CONTRAST_PARADIGMS:
+        raise ValueError(f"paradigm must be one of {CONTRAST_PARADIGMS}, got {paradigm!r}")
+    if paradigm == 'core':
+        return [(0, j) for j in range(1, num_views)]
+    return [(i, j) for i in range(num_views) for j in range(i + 1, num_views)]
+
+
+class MultiviewContrast(ContrastMemory):
+    """CMC memory bank for M >= 2 views (Tian et al. 2019, Contrastive Multiview Coding, Sec. 3.2-3.4).
+
+    Sec. 3.3 "Contrasting more than two views": the core-view paradigm (eq. 6) contrasts view 1 with every other
+    view, L_C = sum_{j>1} L(V1, Vj); the full graph (eq. 7) contrasts every pair, L_F = sum_{i<j} L(Vi, Vj).
+    Each pair's loss is two-sided, L(Vi, Vj) = L^{Vi,Vj} + L^{Vj,Vi} (Sec. 3.2), so for every contrasted pair
+    (i, j) two *ordered* pairs are scored: view i's feature against memory_j, and view j's against memory_i,
+      dots = f_i . memory_j[idx]                                            (B x (K+1), column 0 the positive)
+      score = dots / T  (softmax mode)   or   exp(dots / T) / Z_ij  (NCE, Wu et al. 2018 Sec. 3.2,
+      Z_ij ~= n E[exp(dots / T)] set on the first call, then kept or averaged with z_momentum).
+    One idx (K uniform negatives per sample) is drawn per call and shared by all ordered pairs. After scoring,
+    every view's memory is updated, memory_v[y] <- normalise(m memory_v[y] + (1 - m) f_v) (Sec. 3.4; Wu et al.
+    2018 Sec. 3.1), with the features of all processes under DDP.
+
+    Buffers (all state): ``memory_<view>`` (n x D, the view name lowercased) for each view in ``views`` order, and
+    ``params`` = [K, T, Z of each ordered pair in ``pair_names()`` order, momentum] (negative Z = not set yet).
+    With views ('l', 'ab') this is exactly the reference's two-view layout: params = [K, T, Z_l, Z_ab, momentum],
+    memory_l, memory_ab (see NCEAverage).
+
+    Pair names (``pair_names()``, usable as TensorBoard tags / console labels): '<vi>_<vj>' = view vi's feature
+    scored against view vj's memory, with the view names as given (e.g. 'L_ab', 'ab_L', 'L_depth', 'depth_L').
+    ``forward(feats, y, idx=None)`` returns a dict {pair name: B x (K+1) x 1 scores} in that order.
+    """
+
+    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None,
+                 views=('L', 'ab'), paradigm='core'):
+        super().__init__(outputSize, K, use_softmax, z_momentum)
+        self.views = tuple(views)
+        self.paradigm = paradigm
+        self._check_view_names()
+        self.ordered_pairs = [ordered for i, j in contrast_view_pairs(len(self.views), paradigm)
+                              for ordered in ((i, j), (j, i))]  # (anchor view, memory view)
+        if len(set(self.pair_names())) != len(self.ordered_pairs):
+            raise ValueError(f"view names {self.views} give ambiguous pair names {self.pair_names()}")
+        num_z = len(self.ordered_pairs)
+        self.register_buffer('params', torch.tensor([K, T] + [-1.] * num_z + [momentum]))
+        self.momentum_slot = 2 + num_z
+        for view in self.views:  # one rand draw per view, in view order (the reference drew l, then ab)
+            self.register_buffer(self.memory_name(view), init_memory(outputSize, inputSize))
+
+    def _check_view_names(self):
+        if len(self.views) < 2:
+            raise ValueError(f"CMC needs at least two views, got {self.views}")
+        lowered = [view.lower() for view in self.views]
+        if len(set(lowered)) != len(lowered) or not all(view.isidentifier() for view in lowered):
+            raise ValueError(f"view names must be distinct identifiers (case-insensitively), got {self.views}")
+
+    @staticmethod
+    def memory_name(view):
+        """Buffer name of a view's memory bank: 'memory_' + the view name lowercased ('L' -> 'memory_l')."""
+        return f'memory_{view.lower()}'
+
+    def memory(self, view_index):
+        return getattr(self, self.memory_name(self.views[view_index]))  # n x D
+
+    def pair_names(self):
+        """Names of the scored ordered pairs, in output / Z order: '<anchor view>_<memory view>'."""
+        return [f'{self.views[i]}_{self.views[j]}' for i, j in self.ordered_pairs]
+
+    def forward(self, feats, y, idx=None):
+        """feats: one B x D feature per view (``views`` order); y: B long indices into the data set.
+
+        Returns {pair name: B x (K+1) x 1}; column 0 scores the positive (the same sample in the other view).
+        """
+        if len(feats) != len(self.views):
+            raise ValueError(f"expected {len(self.views)} views' features, got {len(feats)}")
+        y = y.reshape(-1)
+        idx = self.contrast_indices(y, idx)  # B x (K+1), one draw shared by all pairs
+        # clones: `params` is written in place below (Z), and autograd keeps the divisor T for backward
+        temperature, momentum = self.params[1].clone(), self.params[self.momentum_slot].clone()
+        scores = {}
+        for slot, (name, (anchor, other)) in enumerate(zip(self.pair_names(), self.ordered_pairs), 2):
+            dots = score_against_memory(feats[anchor], self.memory(other), idx)  # B x (K+1)
+            scores[name] = self.calibrate(dots, temperature, slot).unsqueeze(-1)  # B x (K+1) x 1
+        self.update_memories_(feats, y, momentum)
+        return scores
+
+    def update_memories_(self, feats, y, momentum):
+        """Momentum update of every view's memory with the batch of all processes (no gradient)."""
+        y_all = gather_from_all_processes(y)  # B_total
+        for index, feature in enumerate(feats):
+            momentum_update_(self.memory(index), y_all, gather_from_all_processes(feature.detach()), momentum)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, views={self.views}, paradigm={self.paradigm!r}"
+
+
+class NCEAverage(MultiviewContrast):
+    """CMC two-view memory bank (Tian et al. 2019, Contrastive Multiview Coding, Sec. 3.2-3.4): the
+    MultiviewContrast of views ('l', 'ab').
 
     Each view's feature is scored against the *other* view's memory: out_l = l . memory_ab[idx],
     out_ab = ab . memory_l[idx]. Buffers (reference names): params = [K, T, Z_l, Z_ab, momentum], memory_l, memory_ab.
     """
 
     def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None):
-        super().__init__(outputSize, K, use_softmax, z_momentum)
-        self.register_buffer('params', torch.tensor([K, T, -1., -1., momentum]))
-        self.register_buffer('memory_l', init_memory(outputSize, inputSize))
-        self.register_buffer('memory_ab', init_memory(outputSize, inputSize))
+        super().__init__(inputSize, outputSize, K, T, momentum, use_softmax, z_momentum, views=('l', 'ab'))
 
     def forward(self, l, ab, y, idx=None):
         """l, ab: B x D features; y: B long indices. Returns (out_l, out_ab), each B x (K+1) x 1."""
-        y = y.reshape(-1)
-        idx = self.contrast_indices(y, idx)  # B x (K+1)
-        # clones: `params` is written in place below (Z), and autograd keeps the divisor T for backward
-        temperature, momentum = self.params[1].clone(), self.params[4].clone()
-        out_l = self.calibrate(score_against_memory(l, self.memory_ab, idx), temperature, 2)  # B x (K+1)
-        out_ab = self.calibrate(score_against_memory(ab, self.memory_l, idx), temperature, 3)  # B x (K+1)
-        y_all = gather_from_all_processes(y)
-        for memory, feature in ((self.memory_l, l), (self.memory_ab, ab)):
-            momentum_update_(memory, y_all, gather_from_all_processes(feature.detach()), momentum)
-        return out_l.unsqueeze(-1), out_ab.unsqueeze(-1)  # B x (K+1) x 1 each
+        scores = super().forward([l, ab], y, idx)
+        return scores['l_ab'], scores['ab_l']
 
 
 class MemoryInsDis(ContrastMemory):

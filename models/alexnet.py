@@ -3,7 +3,7 @@ two half-width AlexNets (Krizhevsky et al. 2012), one per view, L -> ab and ab -
 import torch.nn.functional as F
 from torch import nn
 
-from . import CheckpointCompatible, TwoViewEncoder
+from . import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
 
 # (out_channels, kernel, stride, padding, max-pool after) of the five conv blocks: AlexNet at half width.
 HALF_ALEXNET_CONV_BLOCKS = (
@@ -69,12 +69,15 @@ class HalfAlexNet(CheckpointCompatible):
 
 class MyAlexNetCMC(CheckpointCompatible):
     """CMC AlexNet model (Tian et al. 2019): ``encoder`` holds ``l_to_ab`` (1 input channel) and
-    ``ab_to_l`` (2 input channels). ``forward(x, layer=8)`` -> (feat_l, feat_ab)."""
+    ``ab_to_l`` (2 input channels). ``forward(x, layer=8)`` -> (feat_l, feat_ab).
 
-    def __init__(self, feat_dim: int = 128):
+    With ``view_channels`` / ``view_names`` (Sec. 3.3, more than two views): one HalfAlexNet per view
+    (a ``MultiViewEncoder``), ``forward`` -> the list of the views' features."""
+
+    def __init__(self, feat_dim: int = 128, view_channels=TWO_VIEW_CHANNELS, view_names=None):
         super().__init__()
-        self.encoder = TwoViewEncoder(HalfAlexNet(in_channel=1, feat_dim=feat_dim),
-                                      HalfAlexNet(in_channel=2, feat_dim=feat_dim), final_layer=8)
+        networks = [HalfAlexNet(in_channel=channels, feat_dim=feat_dim) for channels in view_channels]
+        self.encoder = build_view_encoder(networks, view_channels, final_layer=8, view_names=view_names)
 
     def forward(self, x, layer: int = 8):
         return self.encoder(x, layer)

@@ -5,7 +5,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from . import CheckpointCompatible, TwoViewEncoder
+from . import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
 
 STEM_CHANNELS = 64  # the stem is 64 wide whatever the width multiplier
 
@@ -145,13 +145,17 @@ def parse_cmc_resnet_name(name: str):
 class MyResNetsCMC(CheckpointCompatible):
     """CMC ResNet model (Tian et al. 2019): ``encoder`` holds ``l_to_ab`` (1 input channel) and
     ``ab_to_l`` (2 input channels), each a ResNet of the named depth at width 0.5 (v1), 1 (v2) or 2 (v3).
-    ``forward(x, layer=7)`` -> (feat_l, feat_ab)."""
+    ``forward(x, layer=7)`` -> (feat_l, feat_ab).
 
-    def __init__(self, name: str = 'resnet50v1', feat_dim: int = 128):
+    With ``view_channels`` / ``view_names`` (Sec. 3.3, more than two views): one such ResNet per view
+    (a ``MultiViewEncoder``), ``forward`` -> the list of the views' features."""
+
+    def __init__(self, name: str = 'resnet50v1', feat_dim: int = 128, view_channels=TWO_VIEW_CHANNELS,
+                 view_names=None):
         super().__init__()
         depth, width = parse_cmc_resnet_name(name)
-        self.encoder = TwoViewEncoder(ResNet(depth, width, in_channel=1, low_dim=feat_dim),
-                                      ResNet(depth, width, in_channel=2, low_dim=feat_dim), final_layer=7)
+        networks = [ResNet(depth, width, in_channel=channels, low_dim=feat_dim) for channels in view_channels]
+        self.encoder = build_view_encoder(networks, view_channels, final_layer=7, view_names=view_names)
 
     def forward(self, x, layer: int = 7):
         return self.encoder(x, layer)
