@@ -20,8 +20,11 @@ On a laptop CPU, probing a demo checkpoint:
 
 import torch
 
-import util
 from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
+from engine import flags
+from engine.errors import UserError, run_main
+from engine.probe import ProbeSpec, run_linear_probe
+from engine.runtime import setup_runtime
 from models import CMC_MODEL_NAMES, build_cmc_model, linear_probe_multiplier
 from models.LinearModel import LinearClassifierAlexNet, LinearClassifierResNet
 
@@ -29,33 +32,33 @@ LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
 
 
 def parse_option(argv=None):
-    parser = util.ArgumentParser('argument for training')
-    util.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
-                          lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
-    util.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
+    parser = flags.ArgumentParser('argument for training')
+    flags.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
+                           lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
+    flags.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
     parser.add_argument('--view', type=str, default='Lab', choices=['Lab', 'YCbCr'])
     parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
     parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast) for the frozen encoder')
     # The reference advertised its own multi-process mode here but never shipped it; torchrun replaces it.
     for flag in ('--world-size', '--rank', '--dist-url', '--dist-backend'):
-        parser.add_argument(flag, default=None, help=f'{util.COMPAT}: launch with torchrun --nproc_per_node N instead')
+        parser.add_argument(flag, default=None, help=f'{flags.COMPAT}: launch with torchrun --nproc_per_node N instead')
     parser.add_argument('--multiprocessing-distributed', action='store_true',
-                        help=f'{util.COMPAT}: launch with torchrun --nproc_per_node N instead')
+                        help=f'{flags.COMPAT}: launch with torchrun --nproc_per_node N instead')
     opt = parser.parse_args(argv)
-    util.check_probe(opt)
+    flags.check_probe(opt)
     if opt.dataset in GRAYSCALE_DATASETS:
-        raise util.UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views')
+        raise UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views')
     family = 'alexnet' if opt.model == 'alexnet' else 'resnet'
     if opt.layer not in LAYERS[family]:
-        raise util.UserError(f'--layer {opt.layer} is out of range for --model {opt.model} '
-                             f'(layers {LAYERS[family][0]}..{LAYERS[family][-1]})')
-    opt.model_name = util.probe_run_name(opt, prefix='calibrated_')
+        raise UserError(f'--layer {opt.layer} is out of range for --model {opt.model} '
+                        f'(layers {LAYERS[family][0]}..{LAYERS[family][-1]})')
+    opt.model_name = flags.probe_run_name(opt, prefix='calibrated_')
     return opt
 
 
 def main(argv=None):
     opt = parse_option(argv)
-    rt = util.setup_runtime(opt)
+    rt = setup_runtime(opt)
 
     def features(model, x):                    # both views at the chosen layer, concatenated on channels
         feat_l, feat_ab = model(x, opt.layer)
@@ -67,11 +70,11 @@ def main(argv=None):
         return LinearClassifierResNet(opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model),
                                       in_channels=channels)
 
-    return util.run_linear_probe(opt, rt, make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim),
-                                 features=features, make_classifier=make_classifier,
-                                 train_transform=cmc_train_transform(opt.image_size, opt.crop_low),
-                                 view=DeviceView(opt.view), argv=util.command_line(__file__, argv))
+    spec = ProbeSpec(make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim), features=features,
+                     make_classifier=make_classifier, view=DeviceView(opt.view),
+                     train_transform=cmc_train_transform(opt.image_size, opt.crop_low), colour_view=opt.view)
+    return run_linear_probe(opt, rt, spec, flags.command_line(__file__, argv))
 
 
 if __name__ == '__main__':
-    util.run_main(main)
+    run_main(main)

@@ -19,27 +19,34 @@ On a laptop CPU, with the bundled demo data:
         --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
 
-import torch
-import torch.nn.functional as F
-
-import util
 from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
+from engine import flags
+from engine.checkpoint import RunFolder
+from engine.data import build_split, check_colour, check_sizes, make_loader
+from engine.errors import UserError, run_main
+from engine.knn import knn_monitor
+from engine.loop import Checkpointed, Fit, Logged, Stepper, StepResult
+from engine.runtime import setup_runtime
+from engine.schedule import adjust_learning_rate, sgd
+from methods import CMC
 from models import CMC_MODEL_NAMES, build_cmc_model
-from NCE.NCEAverage import NCEAverage
 from NCE.NCECriterion import contrast_criterion
+
+# Flags that fix the meaning or the shapes of a checkpoint: a resume must keep them (engine.loop.Fit.resume).
+FIXED_FLAGS = ('model', 'feat_dim', 'nce_k', 'nce_t', 'nce_m', 'softmax', 'view', 'batch_size', 'dataset')
 
 
 def parse_option(argv=None):
-    parser = util.ArgumentParser('argument for training')
-    util.add_common_flags(parser)
-    util.add_pretrain_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
+    parser = flags.ArgumentParser('argument for training')
+    flags.add_common_flags(parser)
+    flags.add_pretrain_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
     parser.add_argument('--view', type=str, default='Lab', choices=['Lab', 'YCbCr'])
     parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
     opt = parser.parse_args(argv)
-    util.check_pretrain(opt)
+    flags.check_pretrain(opt)
     if opt.dataset in GRAYSCALE_DATASETS:
-        raise util.UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views to split; '
-                             f'use train_moco_ins.py, or a colour data set')
+        raise UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views to split; '
+                        f'use train_moco_ins.py, or a colour data set')
     if opt.dataset == 'imagenet' and opt.model != 'alexnet':
         opt.crop_low = 0.08
     opt.method = 'softmax' if opt.softmax else 'nce'
@@ -53,51 +60,43 @@ def parse_option(argv=None):
 
 def main(argv=None):
     opt = parse_option(argv)
-    rt = util.setup_runtime(opt)
-    run = util.RunFolder(f'{opt.model_path}/{opt.model_name}')
-
-    train_set = util.build_split(opt, 'pretrain', cmc_train_transform(opt.image_size, opt.crop_low))
+    rt = setup_runtime(opt)
+    train_set = build_split(opt, 'pretrain', cmc_train_transform(opt.image_size, opt.crop_low))
     n_data = len(train_set)
-    util.check_sizes(opt, n_data)
+    check_sizes(opt, n_data, nce_k=opt.nce_k)
+    check_colour(train_set, opt.view, rt.print, advice='use train_moco_ins.py (one RGB encoder), or a colour data set')
     rt.print(f'number of samples: {n_data}')
-    loader = util.make_loader(train_set, opt, rt, seed=opt.seed or 0)
+    loader = make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     view = DeviceView(opt.view).to(rt.device)
-    model = rt.place(build_cmc_model(opt.model, opt.feat_dim))
-    contrast = NCEAverage(opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
-                          z_momentum=opt.z_momentum).to(rt.device)
-    rt.broadcast(contrast)                     # one memory bank: every process starts from rank 0's
+    encoder = rt.place(build_cmc_model(opt.model, opt.feat_dim))
+    cmc = CMC(encoder, opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
+              z_momentum=opt.z_momentum).to(rt.device)
+    rt.broadcast(cmc.contrast)                 # one memory bank: every process starts from rank 0's
+    cmc.set_runtime(rt)
     criterion_l, criterion_ab = contrast_criterion(opt.softmax, n_data), contrast_criterion(opt.softmax, n_data)
-    trained = rt.wrap(model)
-    optimizer = util.sgd(model, opt)
+    optimizer = sgd(encoder, opt)
 
     def step(batch):
         images, _, index = batch
         x = view(images.to(rt.device, non_blocking=True))              # B x 3 x H x W, normalised L|ab
-        index = index.to(rt.device, non_blocking=True)
-        with rt.autocast():
-            feat_l, feat_ab = trained(x)                              # B x feat_dim each
-        # The contrast runs in float32: exp(s / T) overflows float16.
-        out_l, out_ab = contrast(feat_l.float(), feat_ab.float(), index)   # B x (K+1) x 1 each
+        out_l, out_ab = cmc(x, index.to(rt.device, non_blocking=True))  # B x (K+1) x 1 each
         l_loss, ab_loss = criterion_l(out_l).squeeze(), criterion_ab(out_ab).squeeze()
-        return util.StepResult(loss=l_loss + ab_loss, batch_size=images.shape[0], metrics={
+        return StepResult(loss=l_loss + ab_loss, batch_size=images.shape[0], metrics={
             'loss': l_loss + ab_loss, 'l_loss': l_loss, 'ab_loss': ab_loss,
             'l_prob': out_l[:, 0].mean(), 'ab_prob': out_ab[:, 0].mean()})
 
-    def encode(images):                                               # for the kNN monitor
-        feat_l, feat_ab = model(view(images))
-        return torch.cat([F.normalize(feat_l, dim=1), F.normalize(feat_ab, dim=1)], dim=1)
-
-    fit = util.Fit(
-        opt=opt, rt=rt, run=run, modules={'model': model, 'contrast': contrast}, optimizer=optimizer,
-        loader=loader, step_fn=step, train_modules=[model],
-        fields=[('loss', 'loss'), ('l_prob', 'l_p'), ('ab_prob', 'ab_p'), ('l_loss', 'l_loss'),
-                ('ab_loss', 'ab_loss')],
-        tags=[('l_loss', 'l_loss'), ('l_prob', 'l_prob'), ('ab_loss', 'ab_loss'), ('ab_prob', 'ab_prob')],
-        set_lr=lambda epoch, step, n: util.adjust_learning_rate(epoch, opt, optimizer),
-        epoch_end=util.knn_monitor(opt, rt, encode, [model]), argv=util.command_line(__file__, argv))
-    fit()
+    stepper = Stepper(step=step, train_modules=[encoder],
+                      set_lr=lambda epoch, step, n: adjust_learning_rate(epoch, opt, optimizer))
+    logged = Logged(fields=[('loss', 'loss'), ('l_prob', 'l_p'), ('ab_prob', 'ab_p'), ('l_loss', 'l_loss'),
+                            ('ab_loss', 'ab_loss')],
+                    tags=[('l_loss', 'l_loss'), ('l_prob', 'l_prob'), ('ab_loss', 'ab_loss'), ('ab_prob', 'ab_prob')],
+                    tb_name=opt.model_name,
+                    evaluators=[knn_monitor(opt, rt, lambda images: cmc.features(view(images)), [encoder])])
+    saved = Checkpointed(cmc.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS)
+    run = RunFolder(f'{opt.model_path}/{opt.model_name}')
+    Fit(opt, rt, run, loader, saved, stepper, logged, flags.command_line(__file__, argv))()
 
 
 if __name__ == '__main__':
-    util.run_main(main)
+    run_main(main)

@@ -5,7 +5,7 @@
    B x (K+1) logits (`NCE.NCEAverage.score_against_memory`). Shapes: the demo's (N = 1,528, K = 1,024) and an
    ImageNet-size bank (N = 1,281,167, K = 16,384, where ours keeps the reference path).
 2. One SGD step of CMC's two half-width ResNet-18s (resnet18v1) at 64 px, B = 64: conv weights in the default
-   (NCHW) layout, as the reference, against channels-last (`util.Runtime.place`), in float32 and under --amp.
+   (NCHW) layout, as the reference, against channels-last (`runtime.Runtime.place`), in float32 and under --amp.
 
     .venv/bin/python bench/bench_step.py [--device cpu|cuda] [--threads N]
 """
@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import util  # noqa: E402
+from engine import runtime  # noqa: E402
 from models import build_cmc_model  # noqa: E402
 from NCE.NCEAverage import score_against_memory  # noqa: E402
 
@@ -52,7 +52,7 @@ def bench_scores(device, num_rows, K, batch=64, dim=128, repeats=12):
 
 def bench_model(device, amp_dtype, channels_last, batch=64, repeats=10):
     torch.manual_seed(0)
-    rt = util.Runtime(device=device, amp_dtype=amp_dtype)
+    rt = runtime.Runtime(device=device, amp_dtype=amp_dtype)
     model = build_cmc_model('resnet18v1')
     model = rt.place(model) if channels_last else model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -83,7 +83,7 @@ def main():
         print(f'| scores + backward, {name} (N={num_rows}, K={K}) | {reference * 1e3:.2f} ms | {ours * 1e3:.2f} ms '
               f'| {reference / ours:.2f}x |', flush=True)
     amp_dtypes = [(None, 'float32')]
-    if util.native_bf16(device):
+    if runtime.native_bf16(device):
         amp_dtypes.append((torch.bfloat16, 'bfloat16 autocast'))
     elif device.type == 'cuda':
         amp_dtypes.append((torch.float16, 'float16 autocast'))

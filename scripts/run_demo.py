@@ -165,22 +165,22 @@ def run_lanes(lanes):
 
 def save_random_encoder(name, model_name, path, seed):
     import torch
+    from engine import checkpoint
     from models import build_cmc_model, build_ins_model
-    import util
     torch.manual_seed(seed)
     model = build_cmc_model(model_name) if name == 'random' else build_ins_model(model_name)
-    util.save_checkpoint({'opt': {'model': model_name, 'seed': seed, 'note': 'random initialisation'},
-                          'model': model.state_dict(), 'epoch': 0}, path)
+    checkpoint.save_checkpoint({'opt': {'model': model_name, 'seed': seed, 'note': 'random initialisation'},
+                                'model': model.state_dict(), 'epoch': 0}, path)
 
 
 def knn_of(ckpt_path, method, model_name, seed):
     """The kNN top-1 recorded by pretraining, or computed here for the random encoders."""
     import torch
     import torch.nn.functional as F
-    import util
     from dataset import DeviceView, build_dataset, eval_transform
+    from engine import checkpoint, data, knn, runtime
     from models import build_cmc_model, build_ins_model
-    ckpt = util.load_checkpoint(ckpt_path)
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
     if 'knn_top1' in ckpt:
         return ckpt['knn_top1']
     cmc = method == 'random'
@@ -193,11 +193,11 @@ def knn_of(ckpt_path, method, model_name, seed):
         out = model(view(x))
         return torch.cat([F.normalize(o, dim=1) for o in out], 1) if cmc else out
 
-    rt = util.Runtime(device=torch.device('cpu'))
+    rt = runtime.Runtime(device=torch.device('cpu'))
     opt = argparse.Namespace(batch_size=128, num_workers=0)
-    loaders = [util.eval_loader(build_dataset('demo', None, split, eval_transform(64)), opt)
+    loaders = [data.eval_loader(build_dataset('demo', None, split, eval_transform(64)), opt)
                for split in ('train', 'val')]
-    return util.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
+    return knn.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
 
 
 def loss_curve(tb_folder, method):
@@ -228,8 +228,8 @@ def main(argv=None):
     minutes, curves = {}, {}
 
     import torch
-    import util
-    amp = ['--amp'] if util.native_bf16(torch.device('cpu')) else []
+    from engine import checkpoint, runtime
+    amp = ['--amp'] if runtime.native_bf16(torch.device('cpu')) else []
     progress.say('pretraining in ' + ('bfloat16 autocast (--amp): this CPU has native bfloat16' if amp else
                                       'float32: this CPU has no native bfloat16'))
     threads = max(1, (os.cpu_count() or 1) // len(LANES))
@@ -247,7 +247,7 @@ def main(argv=None):
                    every=EPOCHS_PER_LINE, label=method, threads=threads)
         minutes[method] = (time.time() - t0) / 60
         (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
-        util.link_checkpoint(ckpt, os.path.join(out, f'{method}.pth'))
+        checkpoint.link_checkpoint(ckpt, os.path.join(out, f'{method}.pth'))
         (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
         curves[method] = loss_curve(tb, method)
 
@@ -269,7 +269,7 @@ def main(argv=None):
                    os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'], every=10)
         # the final epoch's val accuracy (not the best over epochs, which would pick on val)
         (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
-        result = util.load_checkpoint(final)
+        result = checkpoint.load_checkpoint(final)
         knn = knn_of(path, method, model, args.seed)
         minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
         rows.append((label, result['last_acc1'], result['last_acc5'], knn, minutes[method]))

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 import dataset
-from util import UserError
+from engine.errors import UserError
 
 TO_TENSOR = transforms.PILToTensor()
 

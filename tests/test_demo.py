@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-import util
+from engine import checkpoint
 from models import build_cmc_model, build_ins_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def test_demo_smoke(tmp_path):
     # every probed encoder is kept in the pretraining checkpoint format and loads into its architecture
     for name, build in (('cmc', build_cmc_model), ('random', build_cmc_model), ('insdis', build_ins_model),
                         ('moco', build_ins_model), ('random_rgb', build_ins_model)):
-        ckpt = util.load_checkpoint(str(out / f'{name}.pth'))
+        ckpt = checkpoint.load_checkpoint(str(out / f'{name}.pth'))
         arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
         build(arch).load_state_dict(ckpt['model'])
         assert 'epoch' in ckpt and 'opt' in ckpt

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-import util
+from engine import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def common(tmp_path, data):
 
 def only_checkpoint(tmp_path):
     (run,) = os.listdir(tmp_path / 'm')
-    return util.load_checkpoint(str(tmp_path / 'm' / run / 'current.pth'))
+    return checkpoint.load_checkpoint(str(tmp_path / 'm' / run / 'current.pth'))
 
 
 def test_cmc_memory_banks_are_synchronised_across_processes(tmp_path, image_folder):
@@ -37,6 +37,7 @@ def test_cmc_memory_banks_are_synchronised_across_processes(tmp_path, image_fold
     # Rank 0 saved the checkpoint: with synchronised banks it holds the updates of BOTH processes' samples.
     for key in ('memory_l', 'memory_ab'):
         norms = ckpt['contrast'][key].norm(dim=1)
+        # F.normalize and norm again, both over feat_dim = 128 terms: <= (128 + 1) U = 7.7e-6
         torch.testing.assert_close(norms, torch.ones(24), atol=1e-5, rtol=0)
     assert ckpt['contrast']['params'][2] > 0 and ckpt['contrast']['params'][3] > 0
 

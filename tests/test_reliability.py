@@ -4,11 +4,12 @@ line (with no file of an existing run touched) for every bad input.
 
 Starting Python and importing torch costs seconds per process, more than this file's budget allows for ~40
 processes. So most runs are forked from one pre-imported "fork server" child: each request forks a fresh process
-that runs ``util.run_main(script.main, argv)`` (exactly what ``python script.py`` does under ``__main__``), with its
+that runs ``errors.run_main(script.main, argv)`` (exactly what ``python script.py`` does under ``__main__``), with its
 own stdout / stderr files and its own exit status. The server itself never computes anything before forking (so
 no OpenMP pool is copied into a child). The SIGTERM runs and one malicious-pickle run are plain
 ``python script.py`` subprocesses, which also covers the ``__main__`` path.
 """
+import glob
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import util
+from engine import checkpoint, errors
 from conftest import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,8 @@ TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--devi
 
 SERVER = r'''
 import json, os, resource, sys, traceback
-import torch, util, train_CMC, train_moco_ins, LinearProbing, eval_moco_ins
+import torch, train_CMC, train_moco_ins, LinearProbing, eval_moco_ins
+from engine import checkpoint, errors
 SCRIPTS = {m.__name__: m for m in (train_CMC, train_moco_ins, LinearProbing, eval_moco_ins)}
 
 def child(req):
@@ -49,12 +51,12 @@ def child(req):
     code = 1
     try:
         if req['op'] == 'run':
-            util.run_main(SCRIPTS[req['script']].main, req['argv'])
+            errors.run_main(SCRIPTS[req['script']].main, req['argv'])
             code = 0
         else:                                  # save_loop: overwrite one checkpoint until killed
             i = req['first']
             while True:
-                util.save_checkpoint({'i': i, 'w': torch.full((req['numel'],), float(i))}, req['path'])
+                checkpoint.save_checkpoint({'i': i, 'w': torch.full((req['numel'],), float(i))}, req['path'])
                 i += 1
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (e.code is not None)
@@ -180,7 +182,7 @@ def test_sigkill_at_random_points_of_checkpoint_writes_always_leaves_a_loadable_
     """
     numel = 1 << 20
     path = str(tmp_path / 'current.pth')
-    util.save_checkpoint({'i': -1, 'w': torch.full((numel,), -1.0)}, path)
+    checkpoint.save_checkpoint({'i': -1, 'w': torch.full((numel,), -1.0)}, path)
     rng = random.Random(0)
     last, interrupted_writes, completed = -1, 0, 0
     for trial in range(25):
@@ -188,7 +190,7 @@ def test_sigkill_at_random_points_of_checkpoint_writes_always_leaves_a_loadable_
         time.sleep(rng.uniform(0.0, 0.12))
         os.kill(pid, signal.SIGKILL)
         assert server.wait(pid) == -signal.SIGKILL, open(err).read()
-        ckpt = util.load_checkpoint(path)
+        ckpt = checkpoint.load_checkpoint(path)
         i = ckpt['i']
         assert torch.equal(ckpt['w'], torch.full((numel,), float(i)))
         assert i >= last
@@ -203,7 +205,7 @@ def test_sigkill_at_random_points_of_checkpoint_writes_always_leaves_a_loadable_
 def test_checkpoints_keep_the_usual_file_permissions(tmp_path):
     """The temporary file of an atomic save is made private by mkstemp; the renamed checkpoint must not stay so."""
     path = tmp_path / 'c.pth'
-    util.save_checkpoint({'w': torch.ones(1)}, str(path))
+    checkpoint.save_checkpoint({'w': torch.ones(1)}, str(path))
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -256,7 +258,7 @@ def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigg
     (hint,) = [line for line in err.splitlines() if 'Resume with: python ' in line]
     assert hint.startswith(f'stopped by {signal.Signals(signum).name} ')
     current = os.path.join(run_folder(os.path.join(split, 'models')), 'current.pth')
-    position = util.load_checkpoint(current)
+    position = checkpoint.load_checkpoint(current)
     assert f'saved in {current}' in hint
     if position['resume_step']:
         assert f"at epoch {position['epoch'] + 1}, step {position['resume_step']} of {STEPS}" in hint
@@ -270,7 +272,7 @@ def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigg
     a_folder, b_folder = run_folder(os.path.join(one_go, 'models')), run_folder(os.path.join(split, 'models'))
     assert sorted(os.listdir(a_folder)) == sorted(os.listdir(b_folder))
     for name in sorted(os.listdir(a_folder)):
-        a, b = util.load_checkpoint(os.path.join(a_folder, name)), util.load_checkpoint(os.path.join(b_folder, name))
+        a, b = checkpoint.load_checkpoint(os.path.join(a_folder, name)), checkpoint.load_checkpoint(os.path.join(b_folder, name))
         a.pop('opt'), b.pop('opt')                  # only --resume differs
         assert_same_state(a, b, name)
     return position
@@ -301,13 +303,17 @@ def test_sigint_during_epoch_end_work_saves_and_resumes_bit_identical(server, tm
 # --------------------------------------------------------------------------- non-finite loss
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(server, tmp_path, data):
-    """An honest overflow: MoCo's temperature is a flag, not checkpoint state, and the run folder's name does not
-    include it. Resuming with --nce_t 1e-4 makes exp(q.k / T) overflow float32 (q.k > 0.009) at the first step,
-    while Z (restored) is finite: the NCE loss is NaN."""
+    """A NaN that reached the state: the checkpoint's Z is NaN (a resume can no longer change --nce_t to overflow
+    exp(q.k / T): the temperature is a flag that fixes the state). The first step of epoch 2 divides by it: the
+    NCE loss is NaN."""
     argv = moco_argv(str(tmp_path), data, '--epochs', '1')
     ok(server.run('train_moco_ins', argv))
+    (current,) = glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))
+    state = checkpoint.load_checkpoint(current)
+    state['contrast']['params'].fill_(float('nan'))
+    checkpoint.save_checkpoint(state, current)
     before = tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb'))
-    result = server.run('train_moco_ins', argv + ['--epochs', '2', '--resume', 'auto', '--nce_t', '1e-4'])
+    result = server.run('train_moco_ins', argv + ['--epochs', '2', '--resume', 'auto'])
     assert result.rc == 3
     (line,) = result.err.strip().splitlines()
     assert line.startswith('error: the loss is nan at epoch 2, step 1 of 3;'), line       # 24 images / 8
@@ -423,7 +429,8 @@ def bad_input_cases(e):
         (*cmc('--resume', bad / 'garbage.pth'), 'garbage.pth is not a readable checkpoint'),
         (*cmc('--resume', bad / 'truncated.pth'), 'truncated.pth is not a readable checkpoint'),
         (*cmc('--resume', pretrained, '--model', 'resnet50v1'),
-         'does not fit the model of --model resnet50v1 .*trained with --model resnet18v1'),
+         r'cannot resume .* with other values of flags that fix its state: --model resnet50v1 \(checkpoint: '
+         r'resnet18v1\)'),
         (*probe('--layer', '5', model='alexnet'), 'does not fit --model alexnet .*trained with --model resnet18v1'),
         (*probe(script='eval_moco_ins', model='resnet18'),
          'does not fit --model resnet18 .*trained with --model resnet18v1'),
@@ -480,7 +487,7 @@ def test_a_full_disk_while_saving_is_one_clear_line_and_keeps_the_last_checkpoin
                         r'resume with --resume auto \(the checkpoints already written are intact\)', lines[0])
     assert tree_digest(folder) == before
     ok(server.run('train_CMC', argv))                 # room again: the run goes on from epoch 1's checkpoint
-    assert util.load_checkpoint(os.path.join(folder, 'current.pth'))['epoch'] == 2
+    assert checkpoint.load_checkpoint(os.path.join(folder, 'current.pth'))['epoch'] == 2
 
 
 def test_skip_bad_images_skips_and_counts_instead_of_stopping(server, existing, tmp_path):

@@ -1,0 +1,241 @@
+"""Checkpoints: atomic writes and links, safe loading, loading weights with one-line errors, the run folder."""
+import argparse
+import errno
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+
+import torch
+
+from engine.errors import UserError
+from engine.runtime import unwrap
+
+
+# A write that fails for want of room (disk full, quota, a file-size limit) is the user's to fix, not a bug.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def no_room_error(error):
+    """The disk-full OSError behind ``error``, or None. torch.save reports a failed write as a RuntimeError from its
+    zip writer, with the OSError only in the exception's context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _temporary_prefix(path):
+    return '.' + os.path.basename(path) + '.'
+
+
+def _remove_stale_temporaries(folder, path):
+    """Temporary files that a killed write to ``path`` left behind (one writer per path, as in a run)."""
+    prefix = _temporary_prefix(path)
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith('.tmp'):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
+
+    A kill at any moment leaves either the old file or the new one, never a truncated one; the temporary file a
+    killed write left behind is removed by the next save to the same path (one writer per path, as in a run).
+    A full disk ends as a UserError naming the file, with the temporary removed and the old file untouched.
+    """
+    _write_atomically(path, lambda f: torch.save(state, f))
+
+
+def _write_atomically(path, write):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_temporaries(folder, path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)         # mkstemp makes the file private; a checkpoint is not
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        no_room = no_room_error(e)
+        if no_room is None:
+            raise
+        raise UserError(f'could not write {path}: {no_room.strerror} ({free_mib(folder)} MiB free there); free '
+                        f'some space or point --model_path at a bigger disk, then resume with --resume auto '
+                        f'(the checkpoints already written are intact)') from None
+    _fsync_dir(folder)
+
+
+def free_mib(folder):
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize // 2 ** 20
+
+
+def link_checkpoint(src, dst):
+    """Make ``dst`` the same file as ``src`` (a hard link, put in place atomically), else a copy.
+
+    A run's current.pth and its ckpt_epoch_N.pth of the same epoch hold the same bytes: linking them halves the
+    disk a run takes. Safe because checkpoints are never written in place: the next save of either name makes a
+    new file and leaves the other one as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(dst))
+    _remove_stale_temporaries(folder, dst)
+    tmp = os.path.join(folder, f'{_temporary_prefix(dst)}{os.getpid()}.link.tmp')
+    try:
+        os.link(src, tmp)
+    except OSError:                     # no hard links here (FAT, some network mounts): copy the bytes
+        with open(src, 'rb') as source:
+            _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22))
+        return
+    os.replace(tmp, dst)
+    _fsync_dir(folder)
+
+
+def _read_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The only non-tensor class the reference's files need: it pickled ``opt`` as an argparse.Namespace.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint without ever running pickled code (``weights_only=True``); ``opt`` comes back as a dict."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f'checkpoint {path!r} does not exist; check the path')
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        code = next((line for line in lines if 'GLOBAL' in line), None)   # a class or function the pickle would call
+        if code is None:                 # e.g. "Unsupported operand": bytes that are no torch.save pickle at all
+            detail = next((line for line in lines if 'Unsupported' in line), lines[0] if lines else '')
+            raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {detail}')
+        raise UserError(f'refusing to load {path}: it holds pickled objects that could run code ({code}); '
+                        f'only tensors, plain containers and argparse.Namespace are accepted')
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {first}')
+    if not isinstance(ckpt, dict):
+        raise UserError(f'{path} is not a checkpoint of this project or the reference (a {type(ckpt).__name__}, '
+                        f'not a dict)')
+    if isinstance(ckpt.get('opt'), argparse.Namespace):
+        ckpt['opt'] = vars(ckpt['opt'])
+    return ckpt
+
+
+def checkpoint_section(ckpt, key, path):
+    if key not in ckpt:
+        raise UserError(f'{path} has no {key!r} entry (it has {sorted(ckpt)}); is it the right kind of checkpoint?')
+    return ckpt[key]
+
+
+def trained_model(ckpt):
+    """The ``--model`` a checkpoint was trained with, from its ``opt`` (ours or the reference's), or None."""
+    opt = ckpt.get('opt')
+    return opt.get('model') if isinstance(opt, dict) else None
+
+
+def load_weights(module, state_dict, what, path, trained_with=None):
+    """``module.load_state_dict`` with a one-line error naming the model, the checkpoint's model and the keys."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        own, theirs = set(unwrap(module).state_dict()), set(state_dict)
+        strip = lambda k: k.replace('module.', '')                       # noqa: E731
+        missing = sorted(own - {strip(k) for k in theirs})[:3]
+        unexpected = sorted({strip(k) for k in theirs} - own)[:3]
+        lines = [line for line in str(e).splitlines() if 'size mismatch' in line][:1]
+        origin = (f'it was trained with --model {trained_with}' if trained_with else
+                  'was it trained with another --model?')
+        raise UserError(f'{path} does not fit {what} ({origin}): missing keys {missing}, unexpected keys {unexpected}'
+                        f'{"; " + lines[0].strip() if lines else ""}')
+
+
+def check_folder_writable(path):
+    """Refuse, before any work, a folder that cannot be created or written (a file in its way, no permission)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f'cannot write to {path}: {existing} is a file, not a folder; choose another path')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'cannot write to {path}: no write permission on {existing}; choose another path')
+
+
+class RunFolder:
+    """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def checkpoints(self):
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(f for f in os.listdir(self.path) if f.endswith('.pth'))
+
+    def prepare(self, opt, also=()):
+        """Return the checkpoint to resume from (or None), after checking the folder (and ``also``) can be written.
+
+        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace.
+        """
+        for folder in (self.path, *also):
+            check_folder_writable(folder)
+        resume = opt.resume
+        if resume == 'auto':
+            current = os.path.join(self.path, 'current.pth')
+            resume = current if os.path.isfile(current) else ''
+        if resume:
+            if not os.path.isfile(resume):
+                raise UserError(f'--resume {resume} does not exist (refusing to start from scratch; '
+                                f"drop --resume to start a new run, or use --resume auto)")
+        elif self.checkpoints() and not opt.overwrite:
+            raise UserError(f'{self.path} already holds checkpoints ({", ".join(self.checkpoints()[:3])}); '
+                            f'pass --resume auto to continue that run, or --overwrite to start over')
+        return resume or None
+
+    def remove_if_empty(self):
+        """Remove the run folder if it holds nothing (a folder with any file, a checkpoint above all, stays)."""
+        try:
+            os.rmdir(self.path)                # fails, leaving everything, unless the folder is empty
+        except OSError:
+            pass
+
+    def save(self, state, epoch, save_freq):
+        """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs (then current.pth is a link to it)."""
+        current = os.path.join(self.path, 'current.pth')
+        if epoch % save_freq == 0 and state.get('resume_step', 0) == 0:
+            kept = os.path.join(self.path, f'ckpt_epoch_{epoch}.pth')
+            save_checkpoint(state, kept)
+            link_checkpoint(kept, current)
+        else:
+            save_checkpoint(state, current)

@@ -1,0 +1,85 @@
+"""The weighted k-nearest-neighbour monitor (Wu et al., 2018, Sec. 3.4) run between epochs."""
+import torch
+import torch.nn.functional as F
+
+import dataset as ds
+from engine.data import align_classes, build_split, eval_loader
+from engine.errors import UserError
+from engine.loop import EpochReport
+
+
+@torch.no_grad()
+def extract_features(encode, loader, rt):
+    """Run ``encode`` (uint8 batch on device -> B x D features) over a loader; returns (features, labels) on device."""
+    feats, labels = [], []
+    for images, target, _ in loader:
+        with rt.autocast():
+            f = encode(images.to(rt.device, non_blocking=True))
+        feats.append(f.float())
+        labels.append(torch.as_tensor(target).to(rt.device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(train_feats, train_labels, query_feats, n_classes, k=200, t=0.07, chunk=1024):
+    """Weighted kNN of Wu et al., 2018 (instance discrimination), eq. in Sec. 3.4.
+
+    Each of the k most similar training features (cosine similarity s_i) votes for its class with weight
+    exp(s_i / t); returns the class scores, Q x n_classes. Features are L2-normalised here.
+    """
+    train_feats = F.normalize(train_feats, dim=1)                  # N x D
+    query_feats = F.normalize(query_feats, dim=1)                  # Q x D
+    k = min(k, train_feats.shape[0])
+    scores = []
+    for q in query_feats.split(chunk):
+        sim = q @ train_feats.t()                                  # q x N
+        top_sim, top_idx = sim.topk(k, dim=1)                      # q x k
+        weights = (top_sim / t).exp()
+        votes = torch.zeros(q.shape[0], n_classes, device=q.device, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_idx], weights)      # q x C
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(encode, train_loader, val_loader, n_classes, rt, k=200, t=0.07):
+    """Top-1 (%) of the weighted kNN classifier on the val split, with features of the (unaugmented) train split."""
+    train_feats, train_labels = extract_features(encode, train_loader, rt)
+    val_feats, val_labels = extract_features(encode, val_loader, rt)
+    pred = knn_predict(train_feats, train_labels, val_feats, n_classes, k, t).argmax(1)
+    return (pred == val_labels).float().mean().item() * 100
+
+
+def knn_monitor(opt, rt, encode, modules):
+    """An epoch-end evaluator (see ``engine.loop.Logged``) printing and logging the weighted kNN top-1 every
+    ``opt.knn_freq`` epochs, or None when it is off or there is no labelled val split.
+
+    ``encode`` maps a uint8 batch on the device to B x D features; ``modules`` are put in eval mode first.
+    """
+    if opt.knn_freq is None:
+        opt.knn_freq = 0 if opt.dataset in ('imagenet', 'imagenet100') else 1
+    if opt.knn_freq <= 0 or not rt.is_main:
+        return None
+    try:
+        train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size))
+        val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
+    except UserError:
+        rt.print('kNN monitor off: no labelled train/val split found')
+        return None
+    align_classes(train_set, val_set, rt.print)
+    n_classes = len(train_set.classes)
+
+    def loader(d):
+        return eval_loader(d, opt, rt)
+
+    train_loader, val_loader = loader(train_set), loader(val_set)
+
+    def evaluate(epoch, meters):
+        if epoch % opt.knn_freq != 0 and epoch != opt.epochs:
+            return None
+        for m in modules:
+            m.eval()
+        top1 = knn_accuracy(encode, train_loader, val_loader, n_classes, rt)
+        rt.print(f'kNN (k=200, t=0.07) top-1 on val: {top1:.2f}')
+        return EpochReport(scalars={'knn_top1': top1}, values={'knn_top1': top1})
+
+    return evaluate

@@ -1,0 +1,376 @@
+"""The loop: one training step and epoch, stop signals, and the fit driver (resume, epochs, save, stop)."""
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from engine.checkpoint import load_checkpoint, load_weights, checkpoint_section, save_checkpoint, trained_model
+from engine.data import set_loader_epoch
+from engine.errors import TrainingStopped, UserError
+from engine.logger import TBLogger, progress
+from engine.meters import AverageMeter, format_meters
+from engine.flags import describe_changes, flag_changes, opt_to_dict
+from engine.runtime import rng_state, set_rng_state, unwrap
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag the epoch loop checks after each step (a scheduler's pre-emption)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:   # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        return False
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    def adopt(self, votes):
+        """Take the signal any process got (votes: how many processes got each of SIGNALS)."""
+        got = [s for s, n in zip(self.SIGNALS, votes) if n > 0]
+        self.signum = got[0] if got else None
+
+    def agreed(self, rt):
+        """Whether to stop now. In a multi-process run every process must stop after the same step (one stopping
+        alone would leave the others waiting in DDP's all-reduce), so any process's signal counts for all."""
+        if rt.distributed:
+            votes = torch.tensor([self.signum == s for s in self.SIGNALS], dtype=torch.float32, device=rt.device)
+            dist.all_reduce(votes)                                        # how many processes got each signal
+            self.adopt(votes.tolist())
+        return self.requested
+
+
+@dataclass
+class StepResult:
+    """What a script's step function returns: the loss to minimise, the batch size and tensors to average."""
+    loss: torch.Tensor
+    batch_size: int
+    metrics: dict
+
+
+def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, start_step=0):
+    """One training epoch shared by the four scripts.
+
+    ``stepper.step(batch) -> StepResult`` computes the loss; this loop does timing, the optimiser step through the
+    GradScaler (a no-op without float16), ``stepper.after_step`` (MoCo's EMA), the non-finite-loss check, the
+    reference's console lines, and stopping after the current step on a signal.
+
+    Returns ``(meters, steps_done)``; steps_done < steps per epoch means a signal stopped the epoch.
+    """
+    for m in stepper.train_modules:
+        m.train()
+    meters = {key: AverageMeter() for key, _ in fields}
+    meters['BT'], meters['DT'] = AverageMeter(), AverageMeter()
+    n_batches = loader.sampler.batches_per_epoch()
+    step = start_step
+    end = time.time()
+    for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
+        meters['DT'].update(time.time() - end)
+        stepper.set_lr(epoch, step, n_batches)
+        result = stepper.step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(result.loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        if stepper.after_step is not None:
+            stepper.after_step()
+        # The step's one host sync, after the backward is queued: the loss (to stop on NaN; nothing is saved after
+        # a non-finite one), the metrics, and under torchrun every process's signal votes.
+        loss_value, metric_values = step_scalars(result, fields, rt, stop)
+        if not math.isfinite(loss_value):          # every process sees the same sum: all stop here, one says why
+            raise TrainingStopped(
+                f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1} of {n_batches}; stopped without '
+                f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
+                f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
+                f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.'
+                if rt.is_main else '', exit_code=3)
+        for (key, _), value in zip(fields, metric_values):
+            meters[key].update(value, result.batch_size)
+        meters['BT'].update(time.time() - end)
+        end = time.time()
+        step += 1
+        if rt.is_main and (step % opt.print_freq == 0):
+            print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
+                  f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
+        if stop.requested:                     # already agreed across processes by step_scalars
+            break
+    return meters, step
+
+
+def step_scalars(result, fields, rt, stop):
+    """The loss and the logged metrics as Python floats, in ONE device-to-host copy (not one sync per metric).
+
+    In a multi-process run one all_reduce carries the loss (summed, so a non-finite loss in any process stops all of
+    them at the same step), the metrics (averaged over processes) and the signal votes (so every process stops
+    after the same step: one stopping alone would leave the others waiting in DDP's all-reduce).
+    """
+    device = result.loss.device
+    parts = [result.loss.detach().float().reshape(1)]
+    parts += [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1) for key, _ in fields]
+    if rt.distributed:
+        parts.append(torch.tensor([stop.signum == s for s in stop.SIGNALS], dtype=torch.float32, device=device))
+        values = torch.cat(parts)
+        dist.all_reduce(values)
+        values[1:1 + len(fields)] /= rt.world_size
+    else:
+        values = torch.cat(parts)
+    host = values.tolist()
+    if rt.distributed:
+        stop.adopt(host[1 + len(fields):])
+    return host[0], host[1:1 + len(fields)]
+
+
+def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
+    """The one line a stopped run ends with: where it stopped and the command that continues it."""
+    name = signal.Signals(stop.signum).name
+    where = (f'at epoch {epochs_done + 1}, step {resume_step} of {n_batches}' if resume_step else
+             f'after epoch {epochs_done}')
+    command = shlex.join([*launcher, *script_argv, '--resume', ckpt_path])
+    return f'stopped by {name} {where}; the position is saved in {ckpt_path}. Resume with: {command}'
+
+
+# --------------------------------------------------------------------------- the fit driver and what configures it
+
+@dataclass
+class Stepper:
+    """How to step: ``step(batch) -> StepResult``, the modules put in train mode each epoch, ``set_lr(epoch,
+    step_in_epoch, n_batches)`` before each step, and ``after_step()`` after the optimiser (MoCo's EMA)."""
+    step: Callable
+    train_modules: list
+    set_lr: Callable
+    after_step: Optional[Callable] = None
+
+
+@dataclass
+class Checkpointed:
+    """What a checkpoint holds besides the position and RNG state: ``modules`` under their keys (model, contrast,
+    model_ema, classifier...), the optimizer, and plain ``values`` (best_acc1...) that epoch reports update."""
+    modules: dict
+    optimizer: torch.optim.Optimizer
+    values: dict = field(default_factory=dict)
+    fixed_flags: tuple = ()       # flags a resumed run must share with its checkpoint (the model, K, T, the view...)
+
+
+@dataclass
+class EpochReport:
+    """What an epoch-end evaluator hands back: TensorBoard ``scalars`` (tag -> value) for this epoch, checkpointed
+    ``values`` to update, and ``save_copy``, a path to also save this epoch's checkpoint to (the probe's best)."""
+    scalars: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)
+    save_copy: Optional[str] = None
+
+
+@dataclass
+class Logged:
+    """What to log: console ``fields`` (meter key, label) each print_freq steps; TensorBoard ``tags`` (meter key or
+    'learning_rate', tag) each epoch under ``tb_name``; ``evaluators``, each ``(epoch, meters) -> EpochReport or
+    None``, run at the end of each epoch (the kNN monitor, the probe's validation)."""
+    fields: list
+    tags: list
+    tb_name: str
+    evaluators: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.evaluators = [e for e in self.evaluators if e is not None]     # None: an evaluator that is off
+
+
+class Fit:
+    """The epoch-level driver shared by the four scripts: resume, epochs, TensorBoard, checkpoints, signals.
+
+    A checkpoint records ``epoch``, the last finished epoch (the reference's meaning), and ``resume_step``, the
+    batches already done of the next one, besides ``checkpointed``'s modules, optimizer and values.
+    """
+
+    def __init__(self, opt, rt, run, loader, checkpointed, stepper, logged, argv=None):
+        self.opt, self.rt, self.run, self.loader = opt, rt, run, loader
+        self.saved, self.stepper, self.logged = checkpointed, stepper, logged
+        self.argv = argv or sys.argv
+        self.tb = TBLogger(os.path.join(opt.tb_path, logged.tb_name), enabled=rt.is_main)
+        self.start_epoch, self.start_step = 1, 0
+
+    def rng_states(self):
+        """Every process's RNG states, in rank order. A collective in a multi-process run: all processes call it."""
+        mine = rng_state()
+        if not self.rt.distributed:
+            return [mine]
+        states = [None] * self.rt.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def state(self, epoch, resume_step, rngs=None):
+        """The checkpoint of this run after ``epoch`` finished epochs and ``resume_step`` batches of the next."""
+        rngs = rngs or [rng_state()]
+        state = {'opt': opt_to_dict(self.opt), 'epoch': epoch, 'resume_step': resume_step,
+                 'world_size': self.rt.world_size,
+                 'optimizer': self.saved.optimizer.state_dict(), 'rng': rngs[0],
+                 'rng_per_process': rngs if len(rngs) > 1 else None}
+        for key, module in self.saved.modules.items():
+            state[key] = unwrap(module).state_dict()
+        if self.rt.scaler.is_enabled() or self.rt.amp_dtype is not None:
+            state['amp'] = self.rt.scaler.state_dict()
+        state.update(self.saved.values)
+        return state
+
+    def resume(self, path):
+        ckpt = load_checkpoint(path)
+        self._check_flags(ckpt, path)
+        for key, module in self.saved.modules.items():
+            load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
+                         path, trained_model(ckpt))
+        if 'optimizer' in ckpt:
+            try:
+                self.saved.optimizer.load_state_dict(ckpt['optimizer'])
+            except (ValueError, KeyError) as e:
+                raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
+        self._resume_scaler(ckpt, path)
+        per_process = ckpt.get('rng_per_process')
+        if per_process is not None and len(per_process) == self.rt.world_size:
+            set_rng_state(per_process[self.rt.rank])
+        elif ckpt.get('rng') is not None:
+            set_rng_state(ckpt['rng'])
+        for key in self.saved.values:
+            if key in ckpt:
+                self.saved.values[key] = ckpt[key]
+        self.start_epoch = int(ckpt.get('epoch', 0)) + 1
+        self.start_step = int(ckpt.get('resume_step', 0))
+        self.rt.print(f"=> resumed from {path}: epoch {self.start_epoch}, step {self.start_step}")
+
+    def _check_flags(self, ckpt, path):
+        """Refuse a resume whose flags contradict the checkpoint's state (one line listing each); note the rest."""
+        saved = ckpt['opt'] if isinstance(ckpt.get('opt'), dict) else {}
+        if self.opt.seed_drawn:                 # no --seed: continue with the checkpoint's (0 before seeds were kept)
+            self.opt.seed = saved.get('seed') or 0
+            self.loader.sampler.seed = self.opt.seed
+        refused, noted = flag_changes(saved, self.opt, self.saved.fixed_flags)
+        processes = ckpt.get('world_size', len(ckpt.get('rng_per_process') or [None]) if 'rng' in ckpt else None)
+        if processes is not None and processes != self.rt.world_size:
+            refused.append(('nproc_per_node', processes, self.rt.world_size))
+        if refused:
+            raise UserError(f'cannot resume {path} with other values of flags that fix its state: '
+                            f'{describe_changes(refused)}; resume with the checkpoint\'s values, or start a new run '
+                            f'in another --model_path')
+        if noted:
+            self.rt.print(f'note: resuming with changed flags: {describe_changes(noted)}')
+
+    def _resume_scaler(self, ckpt, path):
+        if ckpt.get('amp') and self.rt.scaler.is_enabled():
+            if 'scale' in ckpt['amp']:
+                self.rt.scaler.load_state_dict(ckpt['amp'])
+            else:                               # the reference's apex loss-scaler state: start a fresh scaler
+                self.rt.print(f'{path}: its amp entry is NVIDIA apex state; the GradScaler starts afresh')
+
+    def __call__(self):
+        """Run the remaining epochs; returns the checkpointed values (best_acc1...)."""
+        resume_path = self._resume_path()
+        if resume_path:
+            self.resume(resume_path)
+        created = self.rt.is_main and not os.path.isdir(self.run.path)
+        if self.rt.is_main:
+            os.makedirs(self.run.path, exist_ok=True)
+        try:
+            with StopSignal() as stop:
+                for epoch in range(self.start_epoch, self.opt.epochs + 1):
+                    self._epoch(epoch, stop)
+        except BaseException:
+            if created:                 # a run that failed before its first save leaves no empty folder behind
+                self.run.remove_if_empty()
+            raise
+        self.tb.close()
+        return self.saved.values
+
+    def _resume_path(self):
+        """The checkpoint to resume from, as the main process found it (every process resumes from the same)."""
+        opt, rt = self.opt, self.rt
+        if rt.is_main:
+            resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
+        else:
+            resume_path = opt.resume if opt.resume != 'auto' else ''
+        if rt.distributed:
+            holder = [resume_path]
+            dist.broadcast_object_list(holder, src=0)
+            resume_path = holder[0]
+        return resume_path
+
+    def _epoch(self, epoch, stop):
+        """One epoch, its reports and its checkpoint; stops the run (TrainingStopped) when a signal came."""
+        set_loader_epoch(self.loader, epoch, self.start_step)
+        t0 = time.time()
+        meters, steps = train_epoch(epoch=epoch, loader=self.loader, stepper=self.stepper,
+                                    optimizer=self.saved.optimizer, rt=self.rt, opt=self.opt, stop=stop,
+                                    fields=self.logged.fields, start_step=self.start_step)
+        if steps < self.loader.sampler.batches_per_epoch():                 # a signal arrived mid-epoch
+            self._stop(stop, epoch - 1, steps)
+        self._report_skipped()
+        self.start_step = 0
+        self.rt.print(f'epoch {epoch}, total time {time.time() - t0:.2f}')
+        for key, tag in self.logged.tags:
+            value = self.saved.optimizer.param_groups[0]['lr'] if key == 'learning_rate' else meters[key].avg
+            self.tb.log_value(tag, value, epoch)
+        for evaluate in self.logged.evaluators:
+            self._take(evaluate(epoch, meters), epoch)
+        rngs = self.rng_states()
+        if self.rt.is_main:
+            self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq)
+        self.tb.flush()
+        if stop.agreed(self.rt):                    # a signal during the epoch-end work
+            self._stop(stop, epoch, 0)
+
+    def _take(self, report, epoch):
+        """Log an evaluator's report, keep its values, and save the extra copy it asks for."""
+        if report is None:
+            return
+        for tag, value in report.scalars.items():
+            self.tb.log_value(tag, value, epoch)
+        self.saved.values.update(report.values)
+        if report.save_copy and self.rt.is_main:
+            save_checkpoint(self.state(epoch, 0), report.save_copy)
+
+    def _report_skipped(self):
+        """--skip_bad_images: say how many files were skipped (counted where they were read: with --num_workers 0
+        here; workers warn once per file instead)."""
+        skipped = getattr(self.loader.dataset, 'num_skipped', 0)
+        if skipped:
+            self.rt.print(f'skipped {skipped} undecodable image{"s" if skipped != 1 else ""} so far '
+                          f'(--skip_bad_images)')
+
+    def _stop(self, stop, epochs_done, resume_step):
+        """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
+        path = os.path.join(self.run.path, 'current.pth')
+        rngs = self.rng_states()
+        if self.rt.is_main:
+            save_checkpoint(self.state(epochs_done, resume_step, rngs), path)
+        self.tb.close()
+        argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
+        while rest:
+            arg = rest.pop(0)
+            if arg == '--resume':
+                rest = rest[1:]
+            elif not arg.startswith('--resume='):
+                argv.append(arg)
+        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
+        n_batches = self.loader.sampler.batches_per_epoch()
+        message = stop_message(stop, path, epochs_done, resume_step, n_batches, argv, launcher)
+        raise TrainingStopped(message if self.rt.is_main else '', exit_code=128 + stop.signum)   # said once

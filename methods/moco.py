@@ -1,0 +1,61 @@
+"""Momentum Contrast (He, Fan, Wu, Xie and Girshick, 2019): a query encoder, a momentum key encoder and a queue."""
+import copy
+
+import torch
+import torch.distributed as dist
+
+from NCE.NCEAverage import MemoryMoCo, gather_from_all_processes
+
+from .base import ContrastMethod
+
+
+class MoCo(ContrastMethod):
+    """MoCo (He et al. 2019, Algorithm 1; eq. 1 InfoNCE over [q.k+, q.queue] / T, eq. 2 the momentum update).
+
+    ``encoder`` is the query encoder f_q; ``encoder_k`` (f_k) starts as its copy and follows it as
+    theta_k <- alpha theta_k + (1 - alpha) theta_q after each step (``momentum_update``); ``contrast``
+    (``MemoryMoCo``) holds the K x D queue and its pointer as buffers. Keys are computed with ShuffleBN (Sec. 3.3).
+    Checkpoint entries: model (f_q), model_ema (f_k), contrast.
+    """
+
+    def __init__(self, encoder, feat_dim, n_data, K, T=0.07, use_softmax=False, z_momentum=None, alpha=0.999):
+        super().__init__(encoder, MemoryMoCo(feat_dim, n_data, K, T, use_softmax, z_momentum=z_momentum))
+        self.encoder_k = copy.deepcopy(encoder)            # the key encoder starts as the query encoder
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.alpha = alpha
+
+    def forward(self, x_q, x_k):
+        """x_q, x_k: B x 3 x H x W, two augmentations of the same images. Returns B x (K+1); column 0 is q.k+."""
+        with self.autocast():
+            q = self.trained(x_q)                                           # B x D
+            k = self.shuffled_keys(x_k)                                     # B x D, in x_k's order
+        # The contrast runs in float32: exp(s / T) overflows float16.
+        return self.contrast(q.float(), k.float())                          # B x (K+1)
+
+    @torch.no_grad()
+    def momentum_update(self):
+        """theta_k <- alpha theta_k + (1 - alpha) theta_q over the parameters (MoCo eq. 2)."""
+        for p, p_k in zip(self.encoder.parameters(), self.encoder_k.parameters()):
+            p_k.mul_(self.alpha).add_(p.detach(), alpha=1 - self.alpha)
+
+    @torch.no_grad()
+    def shuffled_keys(self, x_k):
+        """ShuffleBN (Sec. 3.3): keys computed on a batch shuffled across all processes, so the BatchNorm statistics
+        a key sees are not those of its own query's batch (which would let the model cheat); they come back in x_k's
+        order. In one process the shuffle changes nothing BatchNorm can see (as with the reference on one GPU), but
+        it is kept so that a run draws the same random numbers either way.
+        """
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            shuffle = torch.randperm(x_k.shape[0], device=x_k.device)
+            return self.encoder_k(x_k[shuffle])[torch.argsort(shuffle)]
+        batch, rank = x_k.shape[0], dist.get_rank()
+        x_all = gather_from_all_processes(x_k)                       # (world x B) x 3 x H x W
+        shuffle = torch.randperm(x_all.shape[0], device=x_k.device)
+        dist.broadcast(shuffle, src=0)                               # one permutation for all processes
+        lo = rank * batch
+        keys_all = gather_from_all_processes(self.encoder_k(x_all[shuffle[lo:lo + batch]]))   # shuffled order
+        return keys_all[torch.argsort(shuffle)][lo:lo + batch]
+
+    def checkpoint_modules(self):
+        return {'model': self.encoder, 'model_ema': self.encoder_k, 'contrast': self.contrast}
