@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import nn
 
-from . import CheckpointCompatible
+from .base import CheckpointCompatible
 
 POOLS = {'max': ('MaxPool', nn.AdaptiveMaxPool2d), 'avg': ('AvgPool', nn.AdaptiveAvgPool2d)}
 

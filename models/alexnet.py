@@ -3,7 +3,7 @@ two half-width AlexNets (Krizhevsky et al. 2012), one per view, L -> ab and ab -
 import torch.nn.functional as F
 from torch import nn
 
-from . import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
+from .base import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
 
 # (out_channels, kernel, stride, padding, max-pool after) of the five conv blocks: AlexNet at half width.
 HALF_ALEXNET_CONV_BLOCKS = (

@@ -5,7 +5,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from . import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
+from .base import TWO_VIEW_CHANNELS, CheckpointCompatible, build_view_encoder
 
 STEM_CHANNELS = 64  # the stem is 64 wide whatever the width multiplier
 

@@ -253,31 +253,36 @@ def main(argv=None):
 
     run_lanes([[functools.partial(pretrain, method) for method in lane] for lane in LANES])
 
-    rows = []
-    for method, label, model in METHODS:
-        progress.stage(f'linear probe of {label}')
-        t0 = time.time()
-        path = os.path.join(out, f'{method}.pth')
-        if method.startswith('random'):
-            save_random_encoder(method, model, path, args.seed)
-        script, layer, lr = PROBE[model]
-        run_script([script, *COMMON, *seed, '--model', model, '--layer', layer, '--learning_rate', lr,
-                    '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128',
-                    '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
-                    '--cache_features', '--bn', '--save_path', os.path.join(out, 'probe', method),
-                    '--tb_path', os.path.join(out, 'tb', 'probe')],
-                   os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'], every=10)
-        # the final epoch's val accuracy (not the best over epochs, which would pick on val)
-        (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
-        result = checkpoint.load_checkpoint(final)
-        knn = knn_of(path, method, model, args.seed)
-        minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
-        rows.append((label, result['last_acc1'], result['last_acc5'], knn, minutes[method]))
+    rows = [probe_one(method, label, model, out, args.seed, epochs, progress, minutes)
+            for method, label, model in METHODS]
 
     progress.stage('writing the table and the figure')
     table = write_report(out, rows, curves, args, epochs, amp)
     print(table)
     progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
+
+
+def probe_one(method, label, model, out, seed, epochs, progress, minutes):
+    """Linear-probe one encoder (saving a random one first, from ``seed``) and return its table row."""
+    from engine import checkpoint
+    progress.stage(f'linear probe of {label}')
+    t0 = time.time()
+    path = os.path.join(out, f'{method}.pth')
+    if method.startswith('random'):
+        save_random_encoder(method, model, path, seed)
+    script, layer, lr = PROBE[model]
+    run_script([script, *COMMON, '--seed', str(seed), '--model', model, '--layer', layer, '--learning_rate', lr,
+                '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128',
+                '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
+                '--cache_features', '--bn', '--save_path', os.path.join(out, 'probe', method),
+                '--tb_path', os.path.join(out, 'tb', 'probe')],
+               os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'], every=10)
+    # the final epoch's val accuracy (not the best over epochs, which would pick on val)
+    (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
+    result = checkpoint.load_checkpoint(final)
+    knn = knn_of(path, method, model, seed)
+    minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
+    return label, result['last_acc1'], result['last_acc5'], knn, minutes[method]
 
 
 def write_report(out, rows, curves, args, epochs, amp):
