@@ -1,5 +1,6 @@
-"""Linear evaluation of CMC encoders (Tian et al., 2019, Sec. 4.1): freeze a pretrained two-view encoder, concatenate
-the two views' features at one layer and train a linear classifier on them.
+"""Linear evaluation of CMC encoders (Tian et al., 2019, Sec. 4.1): freeze a pretrained encoder, concatenate its
+views' features at one layer (all the checkpoint's views, or those of --probe_views) and train a linear classifier on
+them. The views and their channels are read from the checkpoint's flags (--views / --view of train_CMC.py).
 
 The seed README's recipes run as they are, e.g.
 
@@ -20,13 +21,17 @@ On a laptop CPU, probing a demo checkpoint:
 
 import torch
 
-from dataset import DeviceView, GRAYSCALE_DATASETS, cmc_train_transform
+import cmc_views
+from colour import COLOUR_VIEWS, ViewStack
+from dataset import GRAYSCALE_DATASETS, cmc_train_transform
 from engine import flags
+from engine.checkpoint import load_checkpoint
 from engine.errors import UserError, run_main
 from engine.probe import ProbeSpec, run_linear_probe
 from engine.runtime import setup_runtime
 from models import CMC_MODEL_NAMES, build_cmc_model, linear_probe_multiplier
-from models.LinearModel import LinearClassifierAlexNet, LinearClassifierResNet
+from models.LinearModel import (ALEXNET_PROBE_LAYERS, LinearClassifierAlexNet, LinearClassifierResNet,
+                                LinearProbe)
 
 LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
 
@@ -36,7 +41,11 @@ def parse_option(argv=None):
     flags.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
                            lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
     flags.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
-    parser.add_argument('--view', type=str, default='Lab', choices=['Lab', 'YCbCr'])
+    parser.add_argument('--view', type=str, default=None, choices=sorted(cmc_views.LEGACY_VIEWS),
+                        help='the views of a checkpoint that does not record them (default Lab); otherwise read from '
+                        'the checkpoint, and a different --view is an error')
+    parser.add_argument('--probe_views', type=str, nargs='+', default=None, metavar='VIEW',
+                        help='whose features are concatenated (default: all the checkpoint\'s views), e.g. L')
     parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
     parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast) for the frozen encoder')
     # The reference advertised its own multi-process mode here but never shipped it; torchrun replaces it.
@@ -53,26 +62,58 @@ def parse_option(argv=None):
         raise UserError(f'--layer {opt.layer} is out of range for --model {opt.model} '
                         f'(layers {LAYERS[family][0]}..{LAYERS[family][-1]})')
     opt.model_name = flags.probe_run_name(opt, prefix='calibrated_')
+    opt.view_given, opt.view = opt.view, opt.view or 'Lab'     # the views themselves come from the checkpoint (main)
     return opt
+
+
+def checkpoint_views(opt):
+    """Set opt.views, opt.view_channels and opt.probe_views from the checkpoint's flags (views, or the reference's
+    view), else from --view; a --view that contradicts the checkpoint, or a probed view it lacks, is an error."""
+    saved = load_checkpoint(opt.model_path).get('opt')
+    saved = saved if isinstance(saved, dict) else {}
+    views = saved.get('views') or cmc_views.LEGACY_VIEWS.get(saved.get('view') or opt.view)
+    given = cmc_views.LEGACY_VIEWS.get(opt.view_given)
+    if given and tuple(given) != tuple(views):
+        raise UserError(f'--view {opt.view_given} contradicts {opt.model_path}, trained on views {" ".join(views)}; '
+                        f'drop --view (the checkpoint\'s views are used)')
+    opt.views, opt.view = list(views), next((k for k, v in cmc_views.LEGACY_VIEWS.items() if tuple(v) == tuple(views)),
+                                           None)
+    cmc_views.check_views(opt.views, opt.dataset)
+    opt.view_channels = list(saved.get('view_channels') or cmc_views.channels_of(opt.views, None))
+    opt.probe_views = list(opt.probe_views or opt.views)
+    if opt.probe_views != opt.views:
+        opt.model_name += '_probe_' + '_'.join(opt.probe_views)
+    unknown = [view for view in opt.probe_views if view not in opt.views]
+    if unknown or len(set(opt.probe_views)) != len(opt.probe_views):
+        raise UserError(f'--probe_views {" ".join(opt.probe_views)}: choose distinct views among the checkpoint\'s '
+                        f'{" ".join(opt.views)}')
 
 
 def main(argv=None):
     opt = parse_option(argv)
+    checkpoint_views(opt)
     rt = setup_runtime(opt)
 
-    def features(model, x):                    # both views at the chosen layer, concatenated on channels
-        feat_l, feat_ab = model(x, opt.layer)
-        return torch.cat([feat_l, feat_ab], dim=1)
+    probed = [opt.views.index(view) for view in opt.probe_views]
+
+    def features(model, x):                    # the probed views at the chosen layer, concatenated on channels
+        feats = model(x, opt.layer)
+        return torch.cat([feats[i] for i in probed], dim=1)
 
     def make_classifier(channels, n_label):
         if opt.model == 'alexnet':
-            return LinearClassifierAlexNet(opt.layer, n_label, 'max')
+            two_view_channels, grid = ALEXNET_PROBE_LAYERS[opt.layer]
+            if channels == two_view_channels:
+                return LinearClassifierAlexNet(opt.layer, n_label, 'max')
+            return LinearProbe(channels, grid, n_label, 'max')     # another number of probed views
         return LinearClassifierResNet(opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model),
                                       in_channels=channels)
 
-    spec = ProbeSpec(make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim), features=features,
-                     make_classifier=make_classifier, view=DeviceView(opt.view),
-                     train_transform=cmc_train_transform(opt.image_size, opt.crop_low), colour_view=opt.view)
+    keys = cmc_views.key_names(opt.views)
+    file_channels = {v: c for v, c in zip(opt.views, opt.view_channels) if v not in COLOUR_VIEWS}
+    spec = ProbeSpec(make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim, opt.view_channels, keys),
+                     features=features, make_classifier=make_classifier, view=ViewStack(opt.views, file_channels),
+                     train_transform=cmc_train_transform(opt.image_size, opt.crop_low), colour_view=opt.views)
     return run_linear_probe(opt, rt, spec, flags.command_line(__file__, argv))
 
 

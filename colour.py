@@ -265,6 +265,68 @@ class DeviceView(nn.Module):
         return f"space={self.space!r}"
 
 
+# Named views: a colour space and the channels of it that the view keeps (CMC Sec. 4: L | ab, Y | CbCr; any channel
+# group of Lab, YCbCr or HSV may be a view of its own).
+COLOUR_VIEWS = {'L': ('Lab', (0,)), 'ab': ('Lab', (1, 2)), 'a': ('Lab', (1,)), 'b': ('Lab', (2,)),
+                'Y': ('YCbCr', (0,)), 'CbCr': ('YCbCr', (1, 2)), 'Cb': ('YCbCr', (1,)), 'Cr': ('YCbCr', (2,)),
+                'H': ('HSV', (0,)), 'S': ('HSV', (1,)), 'V': ('HSV', (2,))}
+# Views that carry colour (constant on a grayscale image).
+CHROMA_VIEWS = ('ab', 'a', 'b', 'CbCr', 'Cb', 'Cr', 'H', 'S')
+
+
+def view_channels(view, file_channels=None):
+    """Input channels of a named view: its colour channels, or ``file_channels[view]`` for a view read from files."""
+    if view in COLOUR_VIEWS:
+        return len(COLOUR_VIEWS[view][1])
+    if file_channels and view in file_channels:
+        return int(file_channels[view])
+    raise UserError(f"unknown view {view!r}: choose colour views among {', '.join(COLOUR_VIEWS)}, or views read "
+                    f"from files with --dataset multiview_folder")
+
+
+class ViewStack(nn.Module):
+    """uint8 batch -> the named views, normalised and concatenated on channels in ``views`` order, on the device.
+
+    Input layout (what the data sets serve): RGB in channels 0..2 when any colour view is asked for, then each
+    view read from files (``file_channels``: {view: channels}) in ``views`` order. Each colour space is converted
+    once per batch by a ``DeviceView`` (so its channels are normalised exactly as ``DeviceView`` does) and each view
+    keeps its channels of it; a file view's uint8 values map onto [-1, 1] ((x / 255 - 0.5) / 0.5).
+    ``ViewStack(('L', 'ab'))`` gives exactly ``DeviceView('Lab')``'s tensor.
+    """
+
+    def __init__(self, views, file_channels=None):
+        super().__init__()
+        self.views, file_channels = tuple(views), dict(file_channels or {})
+        self.channels = [view_channels(view, file_channels) for view in self.views]
+        spaces = sorted({COLOUR_VIEWS[v][0] for v in self.views if v in COLOUR_VIEWS})
+        self.converters = nn.ModuleDict({space: DeviceView(space) for space in spaces})
+        start, self.file_slices = (3 if spaces else 0), {}
+        for view, channels in zip(self.views, self.channels):
+            if view not in COLOUR_VIEWS:
+                self.file_slices[view] = (start, start + channels)
+                start += channels
+        self.in_channels = start
+
+    def forward(self, images):
+        """images: B x in_channels x H x W uint8 -> B x sum(channels) x H x W float32."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise UserError(f"views {' '.join(self.views)} expect B x {self.in_channels} x H x W uint8 images, got "
+                            f"{images.dtype} {tuple(images.shape)}")
+        converted = {space: converter(images[:, :3]) for space, converter in self.converters.items()}
+        parts = []
+        for view in self.views:
+            if view in COLOUR_VIEWS:
+                space, picked = COLOUR_VIEWS[view]
+                parts.append(converted[space][:, list(picked)])           # B x C_v x H x W
+            else:
+                start, stop = self.file_slices[view]
+                parts.append(images[:, start:stop].float().div(255).sub(0.5).div(0.5))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def extra_repr(self):
+        return f"views={self.views}, channels={self.channels}"
+
+
 class ColourConversion:
     """Callable PIL RGB image -> H x W x 3 float array in `space` (the reference's RGB2<space>).
 
@@ -303,4 +365,5 @@ for _space in REFERENCE_CONVERSIONS:
 __all__ = ['XYZ_FROM_RGB', 'D65_WHITE', 'RGB_FROM_HED', 'XYZ_FROM_CIERGB', 'YUV_FROM_RGB', 'YIQ_FROM_RGB',
            'YPBPR_FROM_RGB', 'YCBCR_FROM_RGB', 'YCBCR_OFFSET', 'YDBDR_FROM_RGB', 'HED_FROM_RGB', 'CIERGB_FROM_RGB',
            'COLOUR_SPACES', 'SKIMAGE_FUNCTIONS', 'canonical_space', 'rgb_to', 'VALUE_RANGES', 'VIEW_STATS',
-           'DeviceView', 'ColourConversion', 'REFERENCE_CONVERSIONS'] + [f'RGB2{s}' for s in REFERENCE_CONVERSIONS]
+           'DeviceView', 'ColourConversion', 'REFERENCE_CONVERSIONS', 'COLOUR_VIEWS', 'CHROMA_VIEWS',
+           'view_channels', 'ViewStack'] + [f'RGB2{s}' for s in REFERENCE_CONVERSIONS]

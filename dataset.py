@@ -19,16 +19,23 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+import cpu_pipeline
 from colour import *  # noqa: F401,F403  the colour names, importable from here as in the reference
 from colour import ColourConversion, VIEW_STATS, canonical_space
-from engine.errors import UserError
+from engine.errors import MissingSplit, UserError
 
 # ---------------------------------------------------------------------------------------------
 # Transforms (PIL in, uint8 C x H x W tensor out; DeviceView does the rest)
 # ---------------------------------------------------------------------------------------------
 
-def cmc_train_transform(image_size=224, crop_low=0.2):
-    """CMC pretraining crops: RandomResizedCrop(scale=(crop_low, 1)), horizontal flip -> uint8."""
+def cmc_train_transform(image_size=224, crop_low=0.2, fast=True):
+    """CMC pretraining crops: RandomResizedCrop(scale=(crop_low, 1)), horizontal flip -> uint8.
+
+    fast (the default): `cpu_pipeline.FastRandomResizedCrop`, the same seeded crops and flips resized by torch's uint8
+    antialiased kernel (~2.5x PIL per core), pixels within 1 uint8 level of torchvision's. fast=False: torchvision's
+    transforms, bit-identical to the reference's crops (what `reference_cmc_transform` uses)."""
+    if fast:
+        return cpu_pipeline.FastRandomResizedCrop(image_size, scale=(crop_low, 1.0))
     return transforms.Compose([
         transforms.RandomResizedCrop(image_size, scale=(crop_low, 1.0)),
         transforms.RandomHorizontalFlip(),
@@ -103,6 +110,9 @@ def class_map(own, reference, where):
     if extra:
         shown = ', '.join(repr(name) for name in extra[:5]) + (f' and {len(extra) - 5} more' if len(extra) > 5 else '')
         plural, them = ('s', 'them') if len(extra) > 1 else ('', 'it')
+        by_case = {name.lower(): name for name in reference}
+        twins = [f'{name!r} / {by_case[name.lower()]!r}' for name in extra if name.lower() in by_case]
+        shown += f' (train has {", ".join(twins)}: the names differ in case)' if twins else ''
         raise UserError(f"{where} has class folder{plural} {shown} that the train split lacks; add {them} to train, "
                         f"or remove {them} from val")
     position = {name: i for i, name in enumerate(reference)}
@@ -220,7 +230,7 @@ class ArrayImageDataset(Dataset):
 # Builders
 # ---------------------------------------------------------------------------------------------
 
-DATASET_NAMES = ('imagenet', 'imagenet100', 'folder', 'stl10', 'cifar10', 'fashion-mnist', 'demo')
+DATASET_NAMES = ('imagenet', 'imagenet100', 'folder', 'stl10', 'cifar10', 'fashion-mnist', 'demo', 'multiview_folder')
 SPLITS = ('pretrain', 'train', 'val')
 GRAYSCALE_DATASETS = {'fashion-mnist'}
 DEMO_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'emoji64.npz')
@@ -229,13 +239,15 @@ _STL10_SIDE = 96
 _CIFAR10_SIDE = 32
 
 
-def build_dataset(name, data_folder, split, transform, two_crop=False, download=False, skip_bad_images=False):
+def build_dataset(name, data_folder, split, transform, two_crop=False, download=False, skip_bad_images=False,
+                  views=None):
     """A data set whose items are (img, target, index), with `.classes` and `.targets` (-1 = unlabelled).
 
     split: 'pretrain' (what pretraining reads: train, or train+unlabeled for STL-10), 'train' or
     'val' (the test set for torchvision sets). Nothing is downloaded unless download=True.
     'demo' reads data_folder if it is an .npz file or a folder holding emoji64.npz, else the
-    bundled data/emoji64.npz.
+    bundled data/emoji64.npz. 'multiview_folder' reads data_folder/<split>/<view>/<class>/<file> for ``views``
+    (see multiview_data).
     """
     if name not in DATASET_NAMES:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -246,6 +258,12 @@ def build_dataset(name, data_folder, split, transform, two_crop=False, download=
     if not data_folder:
         raise UserError(f"--data_folder is required for dataset {name!r}")
     data_folder = os.fspath(data_folder)
+    if name == 'multiview_folder':
+        from multiview_data import build_multiview_folder
+        if two_crop:
+            raise UserError("--dataset multiview_folder is for CMC's views (train_CMC.py, LinearProbing.py), not "
+                            "two crops of one image")
+        return build_multiview_folder(data_folder, split, transform, views)
     if name in ('imagenet', 'imagenet100', 'folder'):
         return _build_image_folder(data_folder, split, transform, two_crop, skip_bad_images)
     if name == 'stl10':
@@ -265,7 +283,7 @@ def _build_image_folder(data_folder, split, transform, two_crop, skip_bad_images
     sub_folder = 'val' if split == 'val' else 'train'
     root = os.path.join(data_folder, sub_folder)
     if not os.path.isdir(root):
-        raise UserError(f"data folder {data_folder} has no '{sub_folder}' sub-folder: expected {data_folder}/train "
+        raise MissingSplit(f"data folder {data_folder} has no '{sub_folder}' sub-folder: expected {data_folder}/train "
                         f"and {data_folder}/val, each with one sub-folder of images per class")
     return ImageFolderInstance(root, transform=transform, two_crop=two_crop, skip_bad_images=skip_bad_images)
 

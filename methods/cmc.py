@@ -2,30 +2,71 @@
 import torch
 import torch.nn.functional as F
 
-from NCE.NCEAverage import NCEAverage
+from NCE.NCEAverage import MultiviewContrast, contrast_view_pairs
+from models.predictive import CrossViewPredictor
 
 from .base import ContrastMethod
 
 
 class CMC(ContrastMethod):
     """CMC with a memory bank (Tian et al. 2019, Sec. 3.2-3.4, eq. 3-5): each view's feature is scored against the
-    *other* view's memory (the positive is the same image's row, K random rows the negatives), and each view's
-    memory is moved towards its feature. ``encoder`` maps the stacked views to one feature per view."""
+    *other* views' memories (the positive is the same image's row, K random rows the negatives), and each view's
+    memory is moved towards its feature. ``encoder`` maps the stacked views to one feature per view (``views``
+    order). More than two views (Sec. 3.3): ``paradigm`` 'core' contrasts the first view with each other (eq. 6),
+    'full' every pair (eq. 7). Views ('l', 'ab') give the reference's two-view memory (memory_l, memory_ab)."""
 
-    def __init__(self, encoder, feat_dim, n_data, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None):
-        super().__init__(encoder, NCEAverage(feat_dim, n_data, K, T, momentum, use_softmax, z_momentum=z_momentum))
+    def __init__(self, encoder, feat_dim, n_data, K, T=0.07, momentum=0.5, use_softmax=False, z_momentum=None,
+                 views=('l', 'ab'), paradigm='core'):
+        super().__init__(encoder, MultiviewContrast(feat_dim, n_data, K, T, momentum, use_softmax,
+                                                    z_momentum=z_momentum, views=views, paradigm=paradigm))
 
     def forward(self, x, index):
         """x: B x C x H x W, the views stacked on channels (L|ab: 1 + 2); index: B data-set indices.
 
-        Returns (out_l, out_ab), each B x (K+1) x 1: view 1 against view 2's memory and view 2 against view 1's.
+        Returns {pair name: B x (K+1) x 1}, e.g. 'l_ab' (view l against view ab's memory) and 'ab_l'.
         """
         with self.autocast():
-            feat_l, feat_ab = self.trained(x)                               # B x D each
+            feats = self.trained(x)                                         # one B x D per view
         # The contrast runs in float32: exp(s / T) overflows float16.
-        return self.contrast(feat_l.float(), feat_ab.float(), index)        # B x (K+1) x 1 each
+        return self.contrast([f.float() for f in feats], index)             # B x (K+1) x 1 each
 
     def features(self, x):
-        """Unit-norm features of both views, concatenated (B x 2D): what the kNN monitor compares."""
-        feat_l, feat_ab = self.encoder(x)
-        return torch.cat([F.normalize(feat_l, dim=1), F.normalize(feat_ab, dim=1)], dim=1)
+        """Unit-norm features of every view, concatenated (B x MD): what the kNN monitor compares."""
+        return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
+
+
+class CrossViewPrediction(ContrastMethod):
+    """CMC's predictive baseline (Tian et al. 2019, Sec. 3.1 / Fig. 2a): the same view encoders, trained to predict
+    the other views' pixels with an L2 loss through light decoders (``models.predictive.CrossViewPredictor``), for
+    the ordered pairs of ``paradigm`` (two views: L -> ab and ab -> L). The decoders read each encoder's last
+    convolutional map (``layer``), so every layer a probe reads below the head is trained. Predictions go through
+    tanh (the views are normalised to [-1, 1]): an unbounded output layer diverged at the contrastive learning rate
+    (0.03; its L2 loss has curvature ~ the 576 inputs of its 3x3x64 conv).
+    Checkpoint: ``model`` the encoder (probed like any CMC encoder), ``decoders`` the decoders."""
+
+    def __init__(self, encoder, view_channels, view_names, paradigm='core', layer=5):
+        pairs = contrast_view_pairs(len(view_names), paradigm)
+        predictor = CrossViewPredictor(encoder, view_channels, layer=layer, view_names=view_names,
+                                       directions=[d for i, j in pairs for d in ((i, j), (j, i))], squash=True)
+        super().__init__(encoder, None)
+        self.predictor = predictor
+
+    def forward(self, x, index=None):
+        """x: B x sum(C_v) x H x W -> {'<s>_to_<t>': mean squared error} per direction."""
+        with self.autocast():
+            losses = self.trained_predictor(x)
+        return {name: loss.float() for name, loss in losses.items()}
+
+    @property
+    def trained_predictor(self):
+        return self._runtime[1] if self._runtime else self.predictor
+
+    def set_runtime(self, rt):
+        object.__setattr__(self, '_runtime', (rt, rt.wrap(self.predictor)))
+        return self
+
+    def features(self, x):
+        return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
+
+    def checkpoint_modules(self):
+        return {'model': self.encoder, 'decoders': self.predictor.decoders}

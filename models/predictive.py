@@ -32,8 +32,9 @@ class ViewDecoder(nn.Module):
     ``forward(features, size)``: B x C_f x h x w -> B x C_target x H x W (bilinear upsampling).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64):
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, squash: bool = False):
         super().__init__()
+        self.squash = squash          # tanh on the output: targets normalised to [-1, 1] (colour views do), bounded
         self.reduce = conv_bn_relu(in_channels, hidden)
         self.refine = conv_bn_relu(hidden, hidden)
         self.predict = nn.Conv2d(hidden, out_channels, 3, padding=1)
@@ -42,7 +43,8 @@ class ViewDecoder(nn.Module):
         half = (max(size[0] // 2, 1), max(size[1] // 2, 1))
         x = F.interpolate(self.reduce(features), size=half, mode='bilinear')  # B x hidden x H/2 x W/2
         x = F.interpolate(self.refine(x), size=size, mode='bilinear')  # B x hidden x H x W
-        return self.predict(x)  # B x C_target x H x W
+        x = self.predict(x)  # B x C_target x H x W
+        return torch.tanh(x) if self.squash else x
 
 
 class CrossViewPredictor(nn.Module):
@@ -60,7 +62,7 @@ class CrossViewPredictor(nn.Module):
 
     def __init__(self, encoder: nn.Module, view_channels: Sequence[int] = (1, 2), layer: Optional[int] = None,
                  view_names: Sequence[str] = ('L', 'ab'), directions: Optional[Sequence[Tuple[int, int]]] = None,
-                 hidden: int = 64):
+                 hidden: int = 64, squash: bool = False):
         super().__init__()
         self.encoder = encoder
         self.view_channels = tuple(view_channels)
@@ -70,7 +72,7 @@ class CrossViewPredictor(nn.Module):
             [(s, t) for s in range(len(view_channels)) for t in range(len(view_channels)) if s != t]
         feature_channels = self.feature_channels()
         self.decoders = nn.ModuleDict({
-            self.direction_name(s, t): ViewDecoder(feature_channels[s], self.view_channels[t], hidden)
+            self.direction_name(s, t): ViewDecoder(feature_channels[s], self.view_channels[t], hidden, squash)
             for s, t in self.directions})
 
     @staticmethod

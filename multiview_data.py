@@ -1,0 +1,151 @@
+"""``--dataset multiview_folder``: one instance seen through several image files (CMC on NYU RGB-D, Tian et al. 2019,
+Sec. 4.3: RGB (split into L and ab), depth, surface normals and segmentation, each stored as an image).
+
+Layout: ``data_folder/{train,val}/<view folder>/<class>/<file>``. The same relative path (class and file name,
+without the extension) across view folders is one instance. Colour views (L, ab, H, ...) are read from the ``rgb``
+folder; any other view is read from the folder of its name: a single-channel image (L, P, I;16, I, F) as one channel,
+an RGB image (e.g. normals) as three, an alpha channel dropped; 16-bit images are scaled to 8 bits (x / 257).
+Items are (img, target, index): img is uint8, C x H x W, the rgb folder's 3 channels first (when a colour view is
+asked for), then each file view in ``--views`` order. The random crop and flip are drawn once per instance: the
+transform runs once on the views stacked on channels.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from colour import COLOUR_VIEWS
+from engine.errors import UserError
+
+RGB_FOLDER = 'rgb'
+EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
+SHOWN = 5                                   # missing files named in the error line
+
+
+def view_folders(views):
+    """The folders the views are read from: ``rgb`` for the colour views (once, first), then each other view's."""
+    if not views:
+        raise UserError('--dataset multiview_folder needs the views to read (train_CMC.py --views, or a checkpoint '
+                        'of it for LinearProbing.py)')
+    folders = [RGB_FOLDER] if any(view in COLOUR_VIEWS for view in views) else []
+    return folders + [view for view in views if view not in COLOUR_VIEWS]
+
+
+def _scan(folder):
+    """{'<class>/<stem>': path} of the image files under folder/<class>/."""
+    found = {}
+    for class_name in sorted(os.listdir(folder)):
+        class_dir = os.path.join(folder, class_name)
+        if not os.path.isdir(class_dir):
+            continue
+        for name in sorted(os.listdir(class_dir)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in EXTENSIONS:
+                found[f'{class_name}/{stem}'] = os.path.join(class_dir, name)
+    return found
+
+
+def _as_array(image, path):
+    """A decoded view image -> H x W x C uint8 (C = 1 or 3)."""
+    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        pixels = np.asarray(image, dtype=np.float64) / 257.0           # 16 bits -> 8 bits
+        return pixels.round().clip(0, 255).astype(np.uint8)[..., None]
+    if image.mode == 'F':
+        return np.asarray(image).round().clip(0, 255).astype(np.uint8)[..., None]
+    if image.mode in ('L', 'P', '1'):
+        return np.asarray(image.convert('L') if image.mode == '1' else image, dtype=np.uint8)[..., None]
+    if image.mode == 'LA':
+        return np.asarray(image, dtype=np.uint8)[..., :1]
+    if image.mode not in ('RGB', 'RGBA'):
+        image = image.convert('RGB')
+    return np.asarray(image, dtype=np.uint8)[..., :3]
+
+
+def tensor_transform(transform):
+    """The transform's steps that work on a C x H x W uint8 tensor (crop, flip, resize): PILToTensor dropped, so
+    the crop and flip are drawn once for all the views stacked on channels."""
+    if transform is None:
+        return None
+    if all(hasattr(transform, name) for name in ('size', 'scale', 'ratio', 'flip_p')):   # cpu_pipeline's fused crop
+        return transforms.Compose([transforms.RandomResizedCrop(transform.size, transform.scale, transform.ratio,
+                                                                antialias=True),
+                                   transforms.RandomHorizontalFlip(transform.flip_p)])
+    steps = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
+    kept = [step for step in steps if not isinstance(step, (transforms.PILToTensor, transforms.ToTensor))]
+    return transforms.Compose(kept)
+
+
+class MultiviewFolder(Dataset):
+    """Instances seen through several view folders; items (uint8 C x H x W stacked views, target, index)."""
+
+    def __init__(self, root, views, transform=None):
+        if not os.path.isdir(root):
+            raise UserError(f'multiview folder {root} does not exist: expected {root}/<view>/<class>/<file>')
+        self.root, self.views, self.folders = root, tuple(views), view_folders(views)
+        absent = [f for f in self.folders if not os.path.isdir(os.path.join(root, f))]
+        if absent:
+            raise UserError(f"{root} has no view folder{'s' if len(absent) > 1 else ''} {', '.join(absent)} (views "
+                            f"{' '.join(self.views)}; it has {', '.join(sorted(os.listdir(root))) or 'nothing'})")
+        files = {folder: _scan(os.path.join(root, folder)) for folder in self.folders}
+        self.keys = sorted(set().union(*files.values()))
+        if not self.keys:
+            raise UserError(f'no images found under {root}/<view>/<class>/')
+        missing = [f'{folder}/{key}.*' for key in self.keys for folder in self.folders if key not in files[folder]]
+        if missing:
+            raise UserError(f"{len(missing)} view file{'s are' if len(missing) > 1 else ' is'} missing under {root}: "
+                            f"{', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}; every instance "
+                            f"needs a file in every view folder ({', '.join(self.folders)})")
+        self.paths = [[files[folder][key] for folder in self.folders] for key in self.keys]
+        self.classes = sorted({key.split('/')[0] for key in self.keys})
+        self.targets = [self.classes.index(key.split('/')[0]) for key in self.keys]
+        self.transform = tensor_transform(transform)
+        self.file_channels = {folder: self._load(0)[i].shape[2] for i, folder in enumerate(self.folders)
+                              if folder != RGB_FOLDER}
+
+    def __len__(self):
+        return len(self.keys)
+
+    def _load(self, index):
+        """The instance's view images as H x W x C uint8 arrays, in folder order (all of one size)."""
+        arrays = []
+        for path in self.paths[index]:
+            try:
+                with Image.open(path) as image:
+                    arrays.append(_as_array(image, path))
+            except (OSError, ValueError, SyntaxError) as error:
+                raise UserError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
+        if len({a.shape[:2] for a in arrays}) > 1:
+            sizes = ', '.join(f'{path}: {a.shape[1]}x{a.shape[0]}' for path, a in zip(self.paths[index], arrays))
+            raise UserError(f'the views of instance {self.keys[index]} differ in size ({sizes}); store every view at '
+                            f'the same resolution')
+        return arrays
+
+    def image(self, index):
+        """The instance's RGB image (PIL; the first view folder's, as RGB, when there is no rgb folder)."""
+        with Image.open(self.paths[index][0]) as image:
+            return image.convert('RGB')
+
+    def relabel(self, classes):
+        """Number this set's classes as ``classes`` (another split's list, matched by name)."""
+        from dataset import class_map
+        mapping = class_map(self.classes, classes, self.root)
+        self.targets = [mapping[t] for t in self.targets]
+        self.classes = list(classes)
+
+    def __getitem__(self, index):
+        stacked = np.concatenate(self._load(index), axis=2)                    # H x W x C
+        img = torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 1)))  # C x H x W uint8
+        if self.transform is not None:
+            img = self.transform(img)                                           # one crop and flip for all views
+        return img, self.targets[index], index
+
+
+def build_multiview_folder(data_folder, split, transform, views):
+    """MultiviewFolder on data_folder/train (pretrain, train) or data_folder/val."""
+    if not data_folder or not os.path.isdir(data_folder):
+        raise UserError(f'data folder {data_folder} does not exist: expected {data_folder}/train/<view>/<class>/<file>'
+                        f' (and /val)')
+    return MultiviewFolder(os.path.join(data_folder, 'val' if split == 'val' else 'train'), views, transform)

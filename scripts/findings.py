@@ -1,0 +1,199 @@
+"""The CMC paper's multiview findings at demo scale on the CPU (Tian et al. 2019, Sec. 4.3 and Fig. 2 / Table 4):
+
+  views      probe quality of the L encoder alone against the number of views (2, 3, 4), core and full paradigms;
+  objective  contrastive against predictive (cross-view L2 prediction), the same encoders and epochs;
+  protocol   which evaluation separates a pretrained encoder from a random one best on this data: the cached
+             centre-crop probe, the reference's augmented probe, or the weighted kNN.
+
+Each run pretrains with train_CMC.py on the bundled emoji set (the demo's recipe: resnet18v1, 64 px, batch 64,
+nce_k 1024, softmax, nce_t 0.1, lr 0.03), then evaluates the L encoder (and both views for the objective) with the
+kNN (k=200, t=0.07, layer-6 features) and the cached linear probe (layer 6, --bn, 30 epochs). Per-seed numbers are
+kept in results/findings_<section>.json, so seeds run later join the table (mean +- sd); each section of
+results/findings.md (between its markers) and results/findings_<section>.png are rewritten by their command.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODEL = 'resnet18v1'
+RECIPE = ['--model', MODEL, '--batch_size', '64', '--nce_k', '1024', '--softmax', '--nce_t', '0.1',
+          '--learning_rate', '0.03']
+SMOKE_RECIPE = ['--model', MODEL, '--batch_size', '8', '--nce_k', '8', '--softmax', '--nce_t', '0.1',
+                '--learning_rate', '0.03']
+# Extra colour views: S (HSV saturation) and H (hue) are non-linear functions of RGB that neither L nor ab holds as a
+# channel; Cb / Cr would be near-linear mixtures of L and ab, close to repeating them.
+VIEW_RUNS = [('2 views (L, ab)', ['L', 'ab'], 'core'), ('3 views (+S), core', ['L', 'ab', 'S'], 'core'),
+             ('3 views (+S), full', ['L', 'ab', 'S'], 'full'), ('4 views (+S, H), core', ['L', 'ab', 'S', 'H'], 'core'),
+             ('4 views (+S, H), full', ['L', 'ab', 'S', 'H'], 'full')]
+OBJECTIVE_RUNS = [('contrastive', ['L', 'ab'], 'contrastive'), ('predictive', ['L', 'ab'], 'predictive')]
+EPOCHS = {'views': 8, 'objective': 20, 'protocol': 20}
+PROBE_EPOCHS, AUGMENTED_PROBE_EPOCHS = 30, 10
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('finding', choices=['views', 'objective', 'protocol'])
+    p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    p.add_argument('--epochs', type=int, default=None, help='pretraining epochs (default: views 8, objective 20)')
+    p.add_argument('--checkpoint', default=None, help='protocol: an L | ab checkpoint to measure instead of '
+                   'pretraining one (e.g. the objective finding\'s contrastive run, same recipe)')
+    p.add_argument('--smoke', action='store_true', help='1 epoch everywhere, batch 8 (tests, with --dataset folder)')
+    p.add_argument('--dataset', default='demo')
+    p.add_argument('--data_folder', default=None)
+    p.add_argument('--results', default=os.path.join(ROOT, 'results'), help='where findings.md, .json, .png go')
+    p.add_argument('--work', default=None, help='checkpoints and logs (default /tmp/cmc_findings/<finding>)')
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.smoke else EPOCHS[args.finding])
+    args.work = args.work or os.path.join('/tmp/cmc_findings', args.finding)
+    return args
+
+
+def run(args, script_args, log):
+    """One script as a user runs it; its output goes to log; a failure stops with the log's tail."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, 'w') as f:
+        code = subprocess.call([sys.executable, *script_args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f'failed ({code}): {" ".join(script_args[:1])}; see {log}:\n' + open(log).read()[-800:])
+
+
+def data_flags(args):
+    return ['--dataset', args.dataset, '--image_size', '64', '--num_workers', '0', '--print_freq', '1000'] + \
+        (['--data_folder', args.data_folder] if args.data_folder else [])
+
+
+def pretrain(args, seed, name, views, paradigm='core', objective='contrastive'):
+    """train_CMC.py for one configuration; returns (checkpoint path, minutes)."""
+    out = os.path.join(args.work, f'seed{seed}', name)
+    t0 = time.time()
+    run(args, ['train_CMC.py', *data_flags(args), *(SMOKE_RECIPE if args.smoke else RECIPE), '--seed', str(seed),
+               '--views', *views, '--paradigm', paradigm, '--objective', objective, '--epochs', str(args.epochs),
+               '--knn_freq', '0', '--overwrite', '--model_path', os.path.join(out, 'runs'),
+               '--tb_path', os.path.join(out, 'tb')], os.path.join(out, 'pretrain.log'))
+    (ckpt,) = glob.glob(os.path.join(out, 'runs', '*', 'current.pth'))
+    return ckpt, (time.time() - t0) / 60
+
+
+def random_encoder(args, seed):
+    """A randomly initialised L | ab encoder, saved in the pretraining format (what a probe of 0 epochs sees)."""
+    import torch
+    from engine import checkpoint
+    from models import build_cmc_model
+    path = os.path.join(args.work, f'seed{seed}', 'random.pth')
+    torch.manual_seed(seed)
+    model = build_cmc_model(MODEL, 128, (1, 2), ('L', 'ab'))
+    checkpoint.save_checkpoint({'opt': {'model': MODEL, 'feat_dim': 128, 'views': ['L', 'ab'], 'view_channels': [1, 2],
+                                        'seed': seed, 'note': 'random initialisation'},
+                                'model': model.state_dict(), 'epoch': 0}, path)
+    return path
+
+
+def knn_top1(args, ckpt_path, probe_views):
+    """Weighted kNN top-1 (k=200, t=0.07) of the probed views' layer-6 features, train split -> val split."""
+    import torch
+    from colour import ViewStack
+    from cmc_views import key_names
+    from dataset import build_dataset, eval_transform
+    from engine import checkpoint, data, knn, runtime
+    from models import build_cmc_model
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    views, channels = ckpt['opt']['views'], ckpt['opt']['view_channels']
+    model = build_cmc_model(MODEL, ckpt['opt'].get('feat_dim', 128), channels, key_names(views))
+    model.load_state_dict(ckpt['model'])
+    model.eval()
+    stack, picked = ViewStack(views), [views.index(v) for v in probe_views]
+
+    def encode(x):
+        feats = model(stack(x), 6)
+        return torch.cat([torch.nn.functional.normalize(feats[i], dim=1) for i in picked], dim=1)
+
+    opt = argparse.Namespace(batch_size=128, num_workers=0)
+    sets = [build_dataset(args.dataset, args.data_folder, split, eval_transform(64)) for split in ('train', 'val')]
+    loaders = [data.eval_loader(s, opt) for s in sets]
+    return knn.knn_accuracy(encode, *loaders, n_classes=len(sets[0].classes),
+                            rt=runtime.Runtime(device=torch.device('cpu')))
+
+
+def probe_top1(args, seed, ckpt_path, probe_views, name, cached=True):
+    """LinearProbing.py on the probed views (layer 6, --bn); the final epoch's val top-1 (not the best over epochs)."""
+    from engine import checkpoint
+    epochs = 1 if args.smoke else (PROBE_EPOCHS if cached else AUGMENTED_PROBE_EPOCHS)
+    out = os.path.join(args.work, f'seed{seed}', 'probe', name)
+    run(args, ['LinearProbing.py', *data_flags(args), '--seed', str(seed), '--model', MODEL, '--layer', '6',
+               '--learning_rate', '0.1', '--bn', '--model_path', ckpt_path, '--epochs', str(epochs),
+               '--batch_size', '8' if args.smoke else '128', '--overwrite',
+               '--lr_decay_epochs', f'{max(1, int(epochs * 0.6))},{max(1, int(epochs * 0.8))}',
+               '--probe_views', *probe_views, '--save_path', out, '--tb_path', os.path.join(out, 'tb'),
+               *(['--cache_features'] if cached else [])], os.path.join(out, 'probe.log'))
+    (final,) = glob.glob(os.path.join(out, '*', 'current.pth'))
+    return checkpoint.load_checkpoint(final)['last_acc1']
+
+
+def evaluate(args, seed, ckpt, name, probe_sets):
+    """{'knn <views>': top-1, 'probe <views>': top-1} for each set of probed views."""
+    row = {}
+    for views in probe_sets:
+        label = '+'.join(views)
+        row[f'knn {label}'] = knn_top1(args, ckpt, views)
+        row[f'probe {label}'] = probe_top1(args, seed, ckpt, views, f'{name}_{label}')
+    return row
+
+
+def run_seed(args, seed):
+    """All the runs of one seed: {run label: {metric: value}}."""
+    rows = {}
+    if args.finding == 'views':
+        for label, views, paradigm in (VIEW_RUNS[:1] + VIEW_RUNS[2:3] if args.smoke else VIEW_RUNS):
+            ckpt, minutes = pretrain(args, seed, '_'.join(views) + '_' + paradigm, views, paradigm)
+            rows[label] = {**evaluate(args, seed, ckpt, label.split()[0] + paradigm, [['L']]), 'minutes': minutes}
+            say(f'seed {seed} {label}: {rows[label]}')
+        rows['random init'] = evaluate(args, seed, random_encoder(args, seed), 'random', [['L']])
+    elif args.finding == 'objective':
+        probe_sets = [['L']] if args.smoke else [['L'], ['L', 'ab']]
+        for label, views, objective in OBJECTIVE_RUNS:
+            ckpt, minutes = pretrain(args, seed, objective, views, objective=objective)
+            rows[label] = {**evaluate(args, seed, ckpt, objective, probe_sets), 'minutes': minutes}
+            say(f'seed {seed} {label}: {rows[label]}')
+        rows['random init'] = evaluate(args, seed, random_encoder(args, seed), 'random', probe_sets[:1])
+    else:
+        ckpt = args.checkpoint or pretrain(args, seed, 'contrastive', ['L', 'ab'])[0]
+        for label, path in (('CMC (L, ab)', ckpt), ('random init', random_encoder(args, seed))):
+            t0 = time.time()
+            rows[label] = {'knn L': knn_top1(args, path, ['L']),
+                           'probe L': probe_top1(args, seed, path, ['L'], label[:3] + '_cached'),
+                           'augmented probe L': probe_top1(args, seed, path, ['L'], label[:3] + '_aug', cached=False)}
+            say(f'seed {seed} {label}: {rows[label]} ({(time.time() - t0) / 60:.1f} min)')
+    return rows
+
+
+def say(text):
+    print(time.strftime('%H:%M:%S'), text, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from findings_report import write_section
+    store = os.path.join(args.results, f'findings_{args.finding}{"_smoke" if args.smoke else ""}.json')
+    saved = json.load(open(store)) if os.path.isfile(store) else {}
+    t0 = time.time()
+    for seed in args.seeds:
+        key = f'seed {seed}, {args.epochs} epochs'
+        t_seed = time.time()
+        saved[key] = {'rows': run_seed(args, seed), 'minutes': 0.0}
+        saved[key]['minutes'] = (time.time() - t_seed) / 60
+        os.makedirs(args.results, exist_ok=True)
+        with open(store, 'w') as f:
+            json.dump(saved, f, indent=1)
+        write_section(args, {k: v for k, v in saved.items() if k.endswith(f', {args.epochs} epochs')})
+    say(f'done in {(time.time() - t0) / 60:.1f} min: {args.results}/findings.md')
+
+
+if __name__ == '__main__':
+    main()
