@@ -60,6 +60,9 @@ def main(argv=None):
     rt = setup_runtime(opt)
     if opt.syncBN and not rt.distributed:
         rt.print('--syncBN has no effect in a single process (launch with torchrun --nproc_per_node N)')
+    elif opt.syncBN and rt.device.type != 'cuda':        # torch's SyncBatchNorm only runs on GPUs
+        raise UserError('--syncBN needs CUDA GPUs (torch\'s SyncBatchNorm does not run on the CPU); drop --syncBN '
+                        'or run on GPUs')
     spec = ProbeSpec(
         make_encoder=lambda feat_dim: build_ins_model(opt.model, feat_dim),
         features=lambda model, x: model(x, opt.layer),

@@ -26,6 +26,7 @@ from engine.runtime import setup_runtime
 from engine.schedule import adjust_learning_rate, sgd, warmup_factor
 from methods import InsDis, MoCo
 from models import INS_MODEL_NAMES, build_ins_model
+from models.split_bn import convert_split_batchnorm, shuffle_bn_mode
 from NCE.NCECriterion import contrast_criterion
 
 # Flags that fix the meaning or the shapes of a checkpoint: a resume must keep them (engine.loop.Fit.resume).
@@ -42,10 +43,19 @@ def parse_option(argv=None):
     parser.add_argument('--warm_epochs', type=int, default=5, help='length of the --warm warm-up')
     parser.add_argument('--moco', action='store_true', help='using MoCo (otherwise Instance Discrimination)')
     parser.add_argument('--alpha', type=float, default=0.999, help='exponential moving average weight')
+    parser.add_argument('--shuffle_bn_splits', type=int, default=1,
+                        help='MoCo: the key encoder normalises each batch as N sub-batches (split BatchNorm), the '
+                        'ShuffleBN of N GPUs emulated in one process (1: off, as the reference on one GPU); '
+                        '--batch_size must be divisible by N; not part of the state, so a resume may change it')
     opt = parser.parse_args(argv)
     flags.check_pretrain(opt)
     if not 0 <= opt.alpha <= 1:
         raise UserError(f'--alpha must be in [0, 1], got {opt.alpha}')
+    if opt.shuffle_bn_splits < 1 or opt.batch_size % opt.shuffle_bn_splits:
+        raise UserError(f'--shuffle_bn_splits must be a positive divisor of --batch_size {opt.batch_size}, '
+                        f'got {opt.shuffle_bn_splits}')
+    if opt.shuffle_bn_splits > 1 and not opt.moco:
+        raise UserError('--shuffle_bn_splits needs --moco (only MoCo has a key encoder)')
     if opt.dataset == 'imagenet' and 'alexnet' not in opt.model:
         opt.crop = 0.08
     opt.method = 'softmax' if opt.softmax else 'nce'
@@ -66,6 +76,9 @@ def build_method(opt, rt, n_data):
     if opt.moco:
         method = MoCo(encoder, opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.softmax, z_momentum=opt.z_momentum,
                       alpha=opt.alpha)
+        # Split BatchNorm shares the key encoder's tensors and state-dict keys: the state is the same either way.
+        convert_split_batchnorm(method.encoder_k, opt.shuffle_bn_splits)
+        rt.print(shuffle_bn_mode(rt.world_size, rt.n_data_parallel, opt.shuffle_bn_splits))
     else:
         method = InsDis(encoder, opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.nce_m, opt.softmax,
                         z_momentum=opt.z_momentum)

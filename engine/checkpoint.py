@@ -214,6 +214,8 @@ class RunFolder:
         if resume == 'auto':
             current = os.path.join(self.path, 'current.pth')
             resume = current if os.path.isfile(current) else ''
+            if not resume:                     # the run name holds flags (lr, batch size...): a changed one is new
+                print(f'--resume auto: no current.pth in {self.path}; starting a new run', flush=True)
         if resume:
             if not os.path.isfile(resume):
                 raise UserError(f'--resume {resume} does not exist (refusing to start from scratch; '
@@ -223,12 +225,24 @@ class RunFolder:
                             f'pass --resume auto to continue that run, or --overwrite to start over')
         return resume or None
 
-    def remove_if_empty(self):
-        """Remove the run folder if it holds nothing (a folder with any file, a checkpoint above all, stays)."""
-        try:
-            os.rmdir(self.path)                # fails, leaving everything, unless the folder is empty
-        except OSError:
-            pass
+    def make(self):
+        """Create the run folder; returns the folders this made (the run's, and parents such as --model_path)."""
+        made, folder = [], os.path.abspath(self.path)
+        while not os.path.isdir(folder):
+            made.append(folder)
+            folder = os.path.dirname(folder)
+        os.makedirs(self.path, exist_ok=True)
+        return made
+
+    @staticmethod
+    def remove_if_empty(made):
+        """Remove the folders ``make`` made, deepest first, while they hold nothing (a file, a checkpoint above all,
+        keeps its folder and every folder above it)."""
+        for folder in made:
+            try:
+                os.rmdir(folder)               # fails, leaving everything, unless the folder is empty
+            except OSError:
+                return
 
     def save(self, state, epoch, save_freq):
         """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs (then current.pth is a link to it)."""

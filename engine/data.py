@@ -1,4 +1,6 @@
 """Data loading: the resumable sampler, training and evaluation loaders, splits and their sizes."""
+import signal
+
 import numpy as np
 import torch
 
@@ -36,41 +38,79 @@ class ResumableSampler(torch.utils.data.Sampler):
         return max(0, len(self._indices()) - self.start_batch * self.batch_size)
 
 
-def make_loader(dataset, opt, rt, *, seed=0):
-    """A training DataLoader of uint8 crops with a :class:`ResumableSampler` and its own generator."""
-    sampler = ResumableSampler(len(dataset), opt.batch_size, seed, rank=rt.rank, world_size=rt.world_size)
+# Mixes a process's rank into a seed. torch's CPU generator keeps only a seed's low 32 bits, so not rank << 32: an
+# odd multiplier (2^32 / golden ratio) spreads ranks over all 32 bits, away from the small (seed, epoch) offsets.
+RANK_MIX = 0x9E3779B1
+
+
+def make_loader(dataset, opt, rt, *, seed=0, sharded=False):
+    """A training DataLoader of uint8 crops with a :class:`ResumableSampler` and its own generator. ``sharded``:
+    ``dataset`` is already this process's own share (the probe's cached features), so the sampler shuffles all of
+    it, with a stream of its own per process."""
+    rank, world = (0, 1) if sharded else (rt.rank, rt.world_size)
+    seed = seed + (rt.rank * RANK_MIX if sharded else 0)
+    sampler = ResumableSampler(len(dataset), opt.batch_size, seed, rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
         pin_memory=rt.device.type == 'cuda', generator=generator,
-        persistent_workers=False)
+        persistent_workers=False, worker_init_fn=ignore_stop_signals)
     return loader
+
+
+def ignore_stop_signals(worker_id=None):
+    """A DataLoader ``worker_init_fn``: workers ignore SIGTERM and SIGINT. A scheduler (Slurm, ``timeout``, Ctrl-C)
+    signals the whole process group; the main process then finishes its step, saves and exits 143, and its
+    workers are shut down by the loader, instead of dying first and ending the run with "DataLoader worker is
+    killed by signal"."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def set_loader_epoch(loader, epoch, start_batch=0):
     """Position a :func:`make_loader` loader at batch ``start_batch`` of ``epoch``.
 
     The sampler's order and the generator that seeds the workers' RNGs (one draw per ``iter(loader)``) both derive
-    from (seed, epoch) alone, so a run resumed at an epoch boundary reads and augments exactly like an uninterrupted
-    one whatever the number of workers, and a resume mid-epoch draws nothing extra from a saved stream.
+    from (seed, epoch, rank) alone, so a run resumed at an epoch boundary reads and augments exactly like an
+    uninterrupted one whatever the number of workers, and a resume mid-epoch draws nothing extra from a saved stream.
+    The rank is mixed in (as rank x RANK_MIX, so rank 0's stream is the single-process one) so that the processes of
+    a torchrun job draw different crops; with --num_workers 0 the process's own RNG, seeded with seed + rank, does.
     """
     loader.sampler.set_epoch(epoch, start_batch)
-    if loader.generator is not None:
-        loader.generator.manual_seed(loader.sampler.seed * 1000003 + epoch + 500009)   # not the sampler's stream
+    if loader.generator is not None:                   # not the sampler's stream; another one per process
+        loader.generator.manual_seed(loader.sampler.seed * 1000003 + epoch + 500009 + loader.sampler.rank * RANK_MIX)
 
 
-def eval_loader(dataset, opt, rt=None):
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices rank, rank + W, rank + 2W, ... (W processes): every image in exactly one process, none padded or
+    repeated, so sums over processes are sums over the data set (``Runtime.gather_shards`` puts them back in order).
+    """
+
+    def __init__(self, size, rank=0, world_size=1):
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def eval_loader(dataset, opt, rt=None, shard=False):
     """An in-order loader for evaluation. Its own generator keeps it from drawing on the global RNG, so
-    evaluating between epochs does not change what training does next."""
-    return torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
+    evaluating between epochs does not change what training does next. ``shard``: this process's share only
+    (:class:`ShardSampler`; all of it in a single process)."""
+    sampler = ShardSampler(len(dataset), rt.rank, rt.world_size) if shard and rt is not None else None
+    return torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
                                        pin_memory=rt is not None and rt.device.type == 'cuda',
-                                       generator=torch.Generator())
+                                       generator=torch.Generator(), worker_init_fn=ignore_stop_signals)
 
 
 def build_split(opt, split, transform, two_crop=False):
     """``dataset.build_dataset`` for this run's flags."""
     return ds.build_dataset(opt.dataset, opt.data_folder, split, transform, two_crop=two_crop,
-                            download=opt.download, skip_bad_images=opt.skip_bad_images)
+                            download=opt.download, skip_bad_images=opt.skip_bad_images,
+                            views=getattr(opt, 'views', None))    # multiview_folder reads these views' folders
 
 
 def align_classes(train_set, val_set, say):
@@ -98,7 +138,10 @@ def check_sizes(opt, n_data, what='the training set', nce_k=None):
 
 
 COLOUR_SAMPLE = 32      # images looked at: a few dozen, decoded once, before any training
-GREY_SPREAD = 2         # max |R-G|, |G-B| in uint8 levels of a grayscale image (JPEG rounding leaves 1-2)
+GREY_SPREAD = 8         # a pixel is coloured when max(R,G,B) - min(R,G,B) exceeds this many uint8 levels (JPEG
+                        # rounding or a little noise on a grey image leave up to ~6)
+GREY_SHARE = 0.01       # an image is grayscale when under 1% of its pixels are coloured (a white icon with a small
+                        # coloured glyph still counts as colour)
 COLOUR_VIEWS = {'Lab': 'ab', 'YCbCr': 'CbCr'}
 
 
@@ -106,7 +149,11 @@ def check_colour(dataset, view, say, advice, sample=COLOUR_SAMPLE):
     """Refuse a data set whose images carry no colour when a view needs it: a grayscale image's ab (CbCr) channels
     are constant, so that encoder would learn nothing while the run looks normal. Looks at ``sample`` images spread
     evenly over the set; all grayscale is a UserError ending with ``advice``, some grayscale is one line of note."""
-    if view not in COLOUR_VIEWS:
+    if isinstance(view, str):
+        chroma, flag = COLOUR_VIEWS.get(view), f'--view {view}'
+    else:                                       # a list of named views (train_CMC.py --views): those with colour
+        chroma, flag = ' and '.join(v for v in view if v in ds.CHROMA_VIEWS) or None, f'--views {" ".join(view)}'
+    if chroma is None:
         return
     picks = sorted(set(np.linspace(0, len(dataset) - 1, min(sample, len(dataset))).round().astype(int).tolist()))
     grey = seen = 0
@@ -116,10 +163,9 @@ def check_colour(dataset, view, say, advice, sample=COLOUR_SAMPLE):
         except (OSError, ValueError, SyntaxError):                         # a bad file is the loader's to report
             continue
         seen += 1
-        grey += int((pixels.max(axis=2) - pixels.min(axis=2)).max() <= GREY_SPREAD)
-    chroma = COLOUR_VIEWS[view]
+        grey += int(((pixels.max(axis=2) - pixels.min(axis=2)) > GREY_SPREAD).mean() < GREY_SHARE)
     if seen and grey == seen:
-        raise UserError(f'--view {view} needs colour images, but all {seen} images sampled from the training set are '
+        raise UserError(f'{flag} needs colour images, but all {seen} images sampled from the training set are '
                         f'grayscale (equal R, G and B), so its {chroma} view would be constant; {advice}')
     if grey:
         say(f'note: {grey} of {seen} images sampled from the training set ({100 * grey / seen:.0f}%) are grayscale: '

@@ -1,4 +1,5 @@
 """Errors a user can fix, early stops, and the scripts' entry point that turns both into one line."""
+import os
 import re
 import sys
 
@@ -7,6 +8,10 @@ import torch.distributed as dist
 
 class UserError(Exception):
     """A problem with the user's input (flags, data, checkpoint). Scripts print str(e) as one line and exit non-zero."""
+
+
+class MissingSplit(UserError):
+    """A data set has no such split (an ImageFolder without val/): optional for pretraining's kNN monitor."""
 
 
 class TrainingStopped(Exception):
@@ -22,7 +27,8 @@ def run_main(main, argv=None):
     try:
         main(argv)
     except UserError as e:
-        print(f'error: {one_line(e)}', file=sys.stderr)
+        if os.environ.get('LOCAL_RANK', '0') == '0':     # under torchrun once per node: all processes raise it
+            print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as e:
         if str(e):

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 import dataset as ds
 from engine.data import align_classes, build_split, eval_loader
-from engine.errors import UserError
+from engine.errors import MissingSplit
 from engine.loop import EpochReport
 
 
@@ -42,11 +42,19 @@ def knn_predict(train_feats, train_labels, query_feats, n_classes, k=200, t=0.07
 
 
 def knn_accuracy(encode, train_loader, val_loader, n_classes, rt, k=200, t=0.07):
-    """Top-1 (%) of the weighted kNN classifier on the val split, with features of the (unaugmented) train split."""
+    """Top-1 (%) of the weighted kNN classifier on the val split, with features of the (unaugmented) train split.
+
+    Under torchrun the loaders are shards (``eval_loader(..., shard=True)``): each process encodes its share of
+    both splits, the train features (N x D) are gathered to every process, each classifies its share of val, and
+    the correct counts are summed, so every val image counts once and every process returns the same number.
+    """
     train_feats, train_labels = extract_features(encode, train_loader, rt)
+    train_feats, train_labels = rt.gather_shards(train_feats), rt.gather_shards(train_labels)
     val_feats, val_labels = extract_features(encode, val_loader, rt)
     pred = knn_predict(train_feats, train_labels, val_feats, n_classes, k, t).argmax(1)
-    return (pred == val_labels).float().mean().item() * 100
+    counts = rt.all_sum(torch.stack([(pred == val_labels).sum(), torch.tensor(len(val_labels), device=pred.device)])
+                        .double())
+    return (counts[0] / counts[1]).item() * 100
 
 
 def knn_monitor(opt, rt, encode, modules):
@@ -57,19 +65,19 @@ def knn_monitor(opt, rt, encode, modules):
     """
     if opt.knn_freq is None:
         opt.knn_freq = 0 if opt.dataset in ('imagenet', 'imagenet100') else 1
-    if opt.knn_freq <= 0 or not rt.is_main:
+    if opt.knn_freq <= 0:
         return None
     try:
         train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size))
         val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
-    except UserError:
+    except MissingSplit:                        # no val/ folder: nothing to monitor; any other fault is an error
         rt.print('kNN monitor off: no labelled train/val split found')
         return None
     align_classes(train_set, val_set, rt.print)
     n_classes = len(train_set.classes)
 
     def loader(d):
-        return eval_loader(d, opt, rt)
+        return eval_loader(d, opt, rt, shard=True)         # every process encodes its share
 
     train_loader, val_loader = loader(train_set), loader(val_set)
 

@@ -71,13 +71,15 @@ class FrozenEncoder:
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.features, self.view, self.rt = spec.features, spec.view.to(rt.device), rt
+        # Under DataParallel the frozen encoder, the costly part, runs on every GPU too (not under DDP: no gradients)
+        self.run = rt.wrap(self.encoder) if rt.n_data_parallel > 1 else self.encoder
         rt.print(f"==> loaded pretrained {opt.model_path} (epoch {self.ckpt.get('epoch', '?')})")
 
     @torch.no_grad()
     def __call__(self, images):
         with self.rt.autocast():
             x = self.view(images.to(self.rt.device, non_blocking=True))
-            return self.features(self.encoder, x).float()
+            return self.features(self.run, x).float()
 
 
 class _ProbeHead(nn.Module):
@@ -105,13 +107,17 @@ class _CachedFeatures(torch.utils.data.Dataset):
         return f, t, i
 
 
-def _features_and_targets(frozen, data, opt):
-    loader = eval_loader(data, opt)
+def _features_and_targets(frozen, data, opt, rt, rows=None):
+    """--cache_features: this process's share of ``data`` (``ShardSampler``: images rank, rank + W, ...; all of them
+    in one process) through the frozen encoder, kept in host memory as float16 (half the memory; the features are
+    normalised by --bn or used by a linear layer, where float16's 3 significant digits do not show). ``rows``: keep
+    only the first ``rows`` (every process then steps through the same number of batches). Returns
+    (n x C [x H x W] float16 features, n targets)."""
     feats, targets = [], []
-    for x, t, _ in loader:
-        feats.append(frozen(x).cpu())
+    for x, t, _ in eval_loader(data, opt, rt, shard=True):
+        feats.append(frozen(x).to('cpu', torch.float16))
         targets.append(torch.as_tensor(t))
-    return torch.cat(feats), torch.cat(targets).tolist()
+    return torch.cat(feats)[:rows], torch.cat(targets).tolist()[:rows]
 
 
 def _batched(pairs, batch_size):
@@ -137,13 +143,18 @@ class Validation:
         meters = {k: AverageMeter() for k, _ in FIELDS}
         for i, (feat, target) in enumerate(self.batches()):
             target = target.to(self.rt.device)
-            output = self.head(feat.to(self.rt.device)).float()
+            output = self.head(feat.to(self.rt.device).float()).float()     # cached features are float16
             acc1, acc5 = accuracy(output, target, topk=(1, min(5, self.n_label)))
             batch = torch.cat([self.criterion(output, target).reshape(1), acc1, acc5]).tolist()   # one sync
             for (key, _), value in zip(FIELDS, batch):
                 meters[key].update(value, target.shape[0])
             if (i + 1) % self.opt.print_freq == 0:
                 self.rt.print(f'Test: [{i + 1}/{self.n_batches}]\t' + format_meters(meters, FIELDS))
+        if self.rt.distributed:             # each process saw its share of val: the averages over all of it
+            sums = self.rt.all_sum(torch.tensor([meters[k].sum for k, _ in FIELDS] + [meters['loss'].count],
+                                                dtype=torch.float64, device=self.rt.device)).tolist()
+            for (key, _), total in zip(FIELDS, sums):
+                meters[key].sum, meters[key].count, meters[key].avg = total, sums[-1], total / sums[-1]
         self.rt.print(f" * Acc@1 {meters['acc1'].avg:.3f} Acc@5 {meters['acc5'].avg:.3f}")
         return meters
 
@@ -157,11 +168,10 @@ class Validation:
                         f"test_acc {acc1:.3f} test_acc5 {acc5:.3f}\n")
         report = EpochReport(scalars={'test_acc': acc1, 'test_acc5': acc5, 'test_loss': test['loss'].avg},
                              values={'last_acc1': acc1, 'last_acc5': acc5})
-        if acc1 > self.saved.values['best_acc1']:       # the best so far, a resumed run's included
+        if acc1 > self.saved.values['best_acc1']:       # the best so far (-1 before any), a resumed run's included
             report.values.update(best_acc1=acc1, best_acc5=acc5)
-            if self.rt.is_main:
-                self.rt.print('saving best model!')
-                report.save_copy = self.best_path
+            self.rt.print('saving best model!')
+            report.save_copy = self.best_path          # saved by the processes that write (engine.loop.Fit)
         return report
 
 
@@ -194,13 +204,16 @@ def run_linear_probe(opt, rt, spec, argv):
     run = RunFolder(os.path.join(opt.save_path, opt.model_name))
     frozen = FrozenEncoder(spec, opt, rt)
     train_set, val_set, n_label = _probe_data(opt, rt, spec)
-    val_loader = eval_loader(val_set, opt, rt)
+    val_loader = eval_loader(val_set, opt, rt, shard=True)     # each val image in exactly one process
     channels = frozen(next(iter(val_loader))[0][:2]).shape[1]
     classifier = spec.make_classifier(channels, n_label).to(rt.device)
     feature_bn = FeatureBN(channels).to(rt.device) if opt.bn else None
     if opt.cache_features:                    # the frozen encoder runs once, not once per epoch
-        train_set = _CachedFeatures([(f.cpu(), t) for f, t in zip(*_features_and_targets(frozen, train_set, opt))])
-        val_feats = list(zip(*_features_and_targets(frozen, val_set, opt)))
+        # Each process caches and trains on its own share of the train split: equal shares (N // W), so that all
+        # take the same number of steps; its sampler then shuffles that share (make_loader(..., sharded=True)).
+        train_set = _CachedFeatures(list(zip(*_features_and_targets(frozen, train_set, opt, rt,
+                                                                    rows=len(train_set) // rt.world_size))))
+        val_feats = list(zip(*_features_and_targets(frozen, val_set, opt, rt)))
         cached = _batched([(f.unsqueeze(0), torch.as_tensor([t])) for f, t in val_feats], opt.batch_size)
 
         def val_batches():
@@ -208,14 +221,14 @@ def run_linear_probe(opt, rt, spec, argv):
     else:
         def val_batches():
             return ((frozen(x), t) for x, t, _ in val_loader)
-    loader = make_loader(train_set, opt, rt, seed=opt.seed or 0)
+    loader = make_loader(train_set, opt, rt, seed=opt.seed or 0, sharded=opt.cache_features)
     optimizer = _optimizer(list(classifier.parameters()), opt, spec.adam)
     # Several processes train one classifier: DDP averages its gradients (--syncBN also syncs the --bn statistics).
     head = rt.wrap(_ProbeHead(feature_bn, classifier), sync_bn=spec.sync_bn)
     stepper = Stepper(step=_probe_step(opt, rt, head, frozen, n_label), train_modules=list(_saved(head).values()),
                       set_lr=_probe_schedule(opt, optimizer, spec))
     saved = Checkpointed(modules=_saved(head), optimizer=optimizer,
-                         values={'best_acc1': 0.0, 'best_acc5': 0.0, 'last_acc1': 0.0, 'last_acc5': 0.0},
+                         values={'best_acc1': -1.0, 'best_acc5': -1.0, 'last_acc1': 0.0, 'last_acc5': 0.0},
                          fixed_flags=FIXED_FLAGS)
     paths = os.path.join(run.path, opt.log), os.path.join(run.path, f'{opt.model}_layer{opt.layer}.pth')
     validation = Validation(opt, rt, head, val_batches, len(val_loader), n_label, saved, paths)

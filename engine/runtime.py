@@ -18,6 +18,8 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
+    n_data_parallel: int = 1                   # GPUs one process drives through nn.DataParallel (1: none)
     amp_dtype: torch.dtype = None
     scaler: torch.amp.GradScaler = field(default=None, repr=False)
 
@@ -28,6 +30,12 @@ class Runtime:
     @property
     def is_main(self):
         return self.rank == 0
+
+    @property
+    def is_local_main(self):
+        """The first process of its node (LOCAL_RANK 0): the one that writes a node's checkpoints when the nodes do
+        not share a file system (``engine.loop.Fit``)."""
+        return self.local_rank == 0
 
     def autocast(self):
         """Mixed precision when --amp is on, a no-op otherwise (one code path either way)."""
@@ -45,7 +53,11 @@ class Runtime:
         return model.to(self.device, memory_format=torch.channels_last)
 
     def wrap(self, model, sync_bn=False):
-        """Wrap a trained model for multi-process runs (DDP); a single process gets the model itself."""
+        """Wrap a trained model: DDP under torchrun, nn.DataParallel when one process drives several GPUs (the
+        reference's recipes; each GPU runs a replica on its slice of the batch, the outputs are gathered on the
+        first GPU, where memory banks, queue and losses stay), the model itself otherwise."""
+        if self.n_data_parallel > 1:                                       # device_ids[0] is self.device
+            return nn.DataParallel(AutocastIn(model, self), device_ids=list(range(self.n_data_parallel)))
         if not self.distributed:
             return model
         if sync_bn:
@@ -64,10 +76,61 @@ class Runtime:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    def gather_shards(self, rows):
+        """Put back together a tensor computed on ``engine.data.ShardSampler`` shards: this process holds rows
+        rank, rank + W, ... of an N-row result (N_r x ...); every process gets all N rows, in order (N x ...).
+        The identity in a single process."""
+        if not self.distributed:
+            return rows
+        counts = torch.tensor([rows.shape[0]], device=rows.device)
+        sizes = [torch.zeros_like(counts) for _ in range(self.world_size)]
+        dist.all_gather(sizes, counts)
+        total, most = sum(int(n) for n in sizes), max(int(n) for n in sizes)
+        padded = rows.new_zeros((most, *rows.shape[1:]))
+        padded[:rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        # row m of process r is row m * W + r of the result; shorter shards are only short at the end
+        return torch.stack(parts, 1).reshape(most * self.world_size, *rows.shape[1:])[:total]
+
+    def all_sum(self, values):
+        """The sum over processes of a 1-d float tensor (itself in a single process)."""
+        if self.distributed:
+            values = values.clone()
+            dist.all_reduce(values)
+        return values
+
+
+class AutocastIn(nn.Module):
+    """Runs ``module`` under ``rt.autocast()`` inside each DataParallel replica: autocast is thread-local, and
+    DataParallel's replica threads re-enter it with the device's default dtype (float16 on CUDA), not --amp's."""
+
+    def __init__(self, module, rt):
+        super().__init__()
+        self.module, self.rt = module, rt
+
+    def forward(self, *args, **kwargs):
+        with self.rt.autocast():
+            return self.module(*args, **kwargs)
+
 
 def unwrap(model):
-    """The model inside a DDP (or DataParallel) wrapper; the model itself otherwise."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The model inside DDP or DataParallel wrappers; the model itself otherwise (checkpoints save this one, so
+    their keys never start with ``module.``)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel, AutocastIn)):
+        model = model.module
+    return model
+
+
+def choose_parallel(n_visible_gpus, world_size, gpu_flag=None, device_flag='auto'):
+    """How a script uses the machine, as a pure function of what it sees (tested on the CPU):
+    'ddp' when torchrun started several processes (WORLD_SIZE > 1); 'dataparallel' when one process sees several
+    GPUs and was neither pinned to one (--gpu N) nor sent to the CPU (--device cpu); 'single' otherwise."""
+    if world_size > 1:
+        return 'ddp'
+    if device_flag == 'cpu' or gpu_flag is not None or n_visible_gpus < 2:
+        return 'single'
+    return 'dataparallel'
 
 
 def setup_runtime(opt):
@@ -92,7 +155,14 @@ def setup_runtime(opt):
     amp_dtype = _amp_dtype(device, rank) if opt.amp else None
     # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return Runtime(device=device, rank=rank, world_size=world_size, amp_dtype=amp_dtype, scaler=scaler)
+    n_gpus = torch.cuda.device_count() if use_cuda else 0
+    mode = choose_parallel(n_gpus, world_size, opt.gpu, opt.device)
+    rt = Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,
+                 scaler=scaler, n_data_parallel=n_gpus if mode == 'dataparallel' else 1)
+    if mode == 'dataparallel':
+        rt.print(f'using {n_gpus} GPUs in one process (nn.DataParallel, as the reference; memory bank, queue and '
+                 f'losses on cuda:0); torchrun --nproc_per_node {n_gpus} (DDP) is faster, and --gpu N uses one GPU')
+    return rt
 
 
 def choose_seed(opt, rank=0, world_size=1):
@@ -104,9 +174,7 @@ def choose_seed(opt, rank=0, world_size=1):
     holder = [int.from_bytes(os.urandom(4), 'little') % 2 ** 31]
     if world_size > 1:
         dist.broadcast_object_list(holder, src=0)
-    opt.seed = holder[0]
-    if rank == 0:
-        print(f'no --seed given: drew seed {opt.seed} (pass --seed {opt.seed} to repeat this run)', flush=True)
+    opt.seed = holder[0]                       # said by the fit driver, once it knows whether the run resumes
 
 
 def _wants_cuda(device, gpu):
@@ -118,7 +186,14 @@ def _wants_cuda(device, gpu):
 
 
 def _amp_dtype(device, rank):
-    """bfloat16 where the device computes it natively (and always on the CPU), else float16 with a GradScaler."""
+    """bfloat16 where the device computes it natively (and always on the CPU), else float16 with a GradScaler.
+    The environment variable CMC_AMP_DTYPE=float16|bfloat16 forces one (to test the float16 + GradScaler path on
+    a CPU or a bfloat16 GPU)."""
+    forced = os.environ.get('CMC_AMP_DTYPE')
+    if forced:
+        if forced not in ('float16', 'bfloat16'):
+            raise UserError(f'CMC_AMP_DTYPE must be float16 or bfloat16, got {forced!r}')
+        return getattr(torch, forced)
     # CPU autocast only has bfloat16; without hardware support it is emulated, correct but slower than float32.
     native = native_bf16(device)
     if device.type == 'cpu' and not native and rank == 0:

@@ -33,11 +33,28 @@ class MoCo(ContrastMethod):
         # The contrast runs in float32: exp(s / T) overflows float16.
         return self.contrast(q.float(), k.float())                          # B x (K+1)
 
+    def set_runtime(self, rt):
+        """Also run the key encoder under nn.DataParallel when one process drives several GPUs: each GPU's
+        BatchNorm then normalises its slice of the shuffled keys (the reference's ShuffleBN on N GPUs). Under DDP
+        the key encoder stays unwrapped: the shuffle across processes does it, and it has no gradients to sync."""
+        super().set_runtime(rt)
+        keys = rt.wrap(self.encoder_k) if rt.n_data_parallel > 1 else self.encoder_k
+        object.__setattr__(self, '_key_encoder', keys)     # not a submodule: same tensors, other keys
+        return self
+
+    def key_encoder(self):
+        return getattr(self, '_key_encoder', self.encoder_k)
+
     @torch.no_grad()
     def momentum_update(self):
-        """theta_k <- alpha theta_k + (1 - alpha) theta_q over the parameters (MoCo eq. 2)."""
+        """theta_k <- alpha theta_k + (1 - alpha) theta_q over the parameters (MoCo eq. 2); under DDP the key
+        encoder's BatchNorm statistics, which each process moved with its own slice of the keys, are then averaged
+        over processes, so every process holds the same key encoder (the parameters already agree: DDP keeps the
+        query encoders equal, and the update is the same arithmetic on the same values)."""
         for p, p_k in zip(self.encoder.parameters(), self.encoder_k.parameters()):
             p_k.mul_(self.alpha).add_(p.detach(), alpha=1 - self.alpha)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            average_float_buffers(self.encoder_k)
 
     @torch.no_grad()
     def shuffled_keys(self, x_k):
@@ -48,7 +65,7 @@ class MoCo(ContrastMethod):
         """
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             shuffle = torch.randperm(x_k.shape[0], device=x_k.device)
-            return self.encoder_k(x_k[shuffle])[torch.argsort(shuffle)]
+            return self.key_encoder()(x_k[shuffle])[torch.argsort(shuffle)]
         batch, rank = x_k.shape[0], dist.get_rank()
         x_all = gather_from_all_processes(x_k)                       # (world x B) x 3 x H x W
         shuffle = torch.randperm(x_all.shape[0], device=x_k.device)
@@ -59,3 +76,17 @@ class MoCo(ContrastMethod):
 
     def checkpoint_modules(self):
         return {'model': self.encoder, 'model_ema': self.encoder_k, 'contrast': self.contrast}
+
+
+def average_float_buffers(module):
+    """All-reduce-average ``module``'s floating-point buffers (BatchNorm running mean and variance) over the
+    processes, in one collective: the result is the same bits in every process (the reduction is computed once and
+    shared). Integer buffers (num_batches_tracked) move alike in every process and are left as they are."""
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(part.view_as(b))

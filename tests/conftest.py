@@ -14,6 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# The device the tests that build models and contrast memories run on, and the --device the script tests pass:
+# TEST_DEVICE=cuda runs the same suite on a GPU (bench/gpu.sh does); the CPU by default.
+TEST_DEVICE = os.environ.get('TEST_DEVICE', 'cpu')
+
+
+@pytest.fixture
+def device():
+    return torch.device(TEST_DEVICE)
+
 
 def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'val'), seed=0):
     """Class-coloured noisy squares, so that a probe has something to learn; returns root."""

@@ -232,7 +232,7 @@ def test_a_failed_run_leaves_no_empty_folder(tmp_path):
     corrupt_one_image(data)
     with pytest.raises(UserError, match='cannot decode image'):
         train_CMC.main(cmc(tmp_path, data, '--seed', '0'))
-    assert os.listdir(tmp_path / 'models') == []             # model_path itself is the user's; the run's folder went
+    assert not (tmp_path / 'models').exists()                # the run's folder and the --model_path it made
 
 
 def test_a_failed_resume_keeps_the_runs_folder_untouched(tmp_path):
@@ -244,3 +244,69 @@ def test_a_failed_resume_keeps_the_runs_folder_untouched(tmp_path):
     with pytest.raises(UserError, match='cannot decode image'):
         train_CMC.main(cmc(tmp_path, data, '--seed', '0', '--epochs', '2', '--resume', 'auto'))
     assert digest(run) == before
+
+
+def test_a_failed_run_keeps_a_model_path_that_was_there(tmp_path):
+    data = make_image_folder(tmp_path / 'data', classes=3, per_class=8)
+    (tmp_path / 'models').mkdir()
+    (tmp_path / 'models' / 'notes.txt').write_text('mine')
+    corrupt_one_image(data)
+    with pytest.raises(UserError, match='cannot decode image'):
+        train_CMC.main(cmc(tmp_path, data, '--seed', '0'))
+    assert os.listdir(tmp_path / 'models') == ['notes.txt']
+
+
+# --------------------------------------------------------------------------- found by a review as a new user
+
+def test_grayscale_with_a_little_channel_noise_is_still_grayscale(tmp_path):
+    """+-3 levels of independent noise per channel (a scanner's, say) leave the chroma views all but constant."""
+    root = grey_folder(tmp_path / 'data', 'RGB')
+    rng = np.random.RandomState(1)
+    for path in glob.glob(os.path.join(root, '*', '*', '*.png')):
+        pixels = np.asarray(Image.open(path), dtype=np.int16) + rng.randint(-3, 4, (72, 72, 3))
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+    with pytest.raises(UserError, match='all 24 images sampled from the training set are grayscale'):
+        train_CMC.main(cmc(tmp_path, root, '--view', 'YCbCr', '--seed', '0'))
+
+
+def test_resume_auto_says_when_it_finds_no_run_to_continue(tmp_path, image_folder, capsys):
+    train_CMC.main(cmc(tmp_path, image_folder, '--seed', '0'))
+    capsys.readouterr()
+    train_CMC.main(cmc(tmp_path, image_folder, '--seed', '0', '--learning_rate', '0.05', '--resume', 'auto'))
+    out = capsys.readouterr().out
+    (new,) = glob.glob(str(tmp_path / 'models' / '*lr_0.05*'))   # the learning rate is part of the run name
+    assert f'--resume auto: no current.pth in {tmp_path / "models" / os.path.basename(new)}; starting a new run' in out
+
+
+def test_a_resume_without_seed_says_which_seed_it_continues_with(tmp_path, image_folder, capsys):
+    train_CMC.main(cmc(tmp_path, image_folder))
+    (seed,) = re.findall(r'drew seed (\d+)', capsys.readouterr().out)
+    train_CMC.main(cmc(tmp_path, image_folder, '--epochs', '2', '--resume', 'auto'))
+    out = capsys.readouterr().out
+    assert f"no --seed given: continuing with the checkpoint's seed {seed}" in out and 'drew seed' not in out
+    (changed,) = [line for line in out.splitlines() if 'changed flags' in line]
+    assert changed == 'note: resuming with changed flags: --epochs 2 (checkpoint: 1)'
+
+
+@pytest.mark.parametrize('script', ['cmc', 'probe'])
+def test_a_batch_of_one_is_refused_in_one_line(tmp_path, image_folder, random_encoder, script):
+    with pytest.raises(UserError, match='--batch_size 1 is too small: BatchNorm in training needs at least 2'):
+        if script == 'cmc':
+            train_CMC.main(cmc(tmp_path, image_folder, '--batch_size', '1'))
+        else:
+            LinearProbing.main(probe(tmp_path, image_folder, random_encoder, '--batch_size', '1'))
+
+
+def test_an_empty_val_class_folder_is_an_error_not_a_silent_monitor_off(tmp_path):
+    data = val_same_as_train(tmp_path / 'data')
+    for path in glob.glob(os.path.join(data, 'val', 'class_3', '*')):
+        os.remove(path)
+    with pytest.raises(UserError, match='no images found under'):
+        train_CMC.main(cmc(tmp_path, data, '--seed', '0'))
+
+
+def test_class_names_that_differ_in_case_are_named(tmp_path, random_encoder):
+    data = val_same_as_train(tmp_path / 'data')
+    os.rename(os.path.join(data, 'val', 'class_3'), os.path.join(data, 'val', 'Class_3'))
+    with pytest.raises(UserError, match=r"'Class_3' \(train has 'Class_3' / 'class_3': the names differ in case\)"):
+        LinearProbing.main(probe(tmp_path, data, random_encoder))
