@@ -83,7 +83,10 @@ def main(argv=None):
     parser.add_argument("--weight_decay", type=float, default=1e-2)
     parser.add_argument("--steps", type=int, default=300, help="L-BFGS iterations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="8 x 8 pixels, 3 iterations: checks that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.steps = 8, 3
 
     torch.manual_seed(args.seed)
     with np.load(args.data, allow_pickle=False) as demo:

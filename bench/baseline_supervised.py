@@ -33,7 +33,12 @@ def parse_args(argv=None):
     p.add_argument('--batch_size', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--amp', action='store_true', help='bfloat16 autocast (fast on CPUs with native bfloat16)')
-    return p.parse_args(argv)
+    p.add_argument('--smoke', type=int, nargs='?', const=64, default=None, metavar='N',
+                   help='train on the first N training images (default 64), 1 epoch: checks that it runs')
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.batch_size = '1', min(args.batch_size, 32)
+    return args
 
 
 def train_and_evaluate(epochs, args, train, val_x, val_y):
@@ -72,6 +77,10 @@ def main(argv=None):
     args = parse_args(argv)
     train = ds.build_dataset('demo', None, 'train', ds.moco_train_transform(64, 0.2, 'NULL'))
     val = ds.build_dataset('demo', None, 'val', ds.eval_transform(64))
+    if args.smoke:
+        train = torch.utils.data.Subset(train, range(args.smoke))
+        train.classes = train.dataset.classes
+        val = torch.utils.data.Subset(val, range(args.smoke))
     val_x = torch.stack([val[i][0] for i in range(len(val))])                 # N x 3 x 64 x 64 uint8
     val_y = torch.tensor([val[i][1] for i in range(len(val))])
     print(f'supervised ResNet-18 on the demo set ({len(train)} train / {len(val)} val), seed {args.seed}'

@@ -61,7 +61,10 @@ def main():
     parser.add_argument('--spaces', nargs='+', default=['Lab', 'YCbCr'])
     parser.add_argument('--threads', type=int, default=1,
                         help='torch CPU threads (1 = per-core, like one data-loader worker)')
+    parser.add_argument('--smoke', action='store_true', help='4 crops of 32 px: checks that it runs, no claims')
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.size = 4, 32
     torch.set_num_threads(args.threads)
     crops = make_crops(args.batch, args.size)
     devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])

@@ -60,7 +60,11 @@ def main():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--skip-reference', action='store_true', help='skip the slow pure-Python build')
     parser.add_argument('--repeat', type=int, default=5, help='repeats of the fast measurements (best is shown)')
+    parser.add_argument('--smoke', action='store_true', help='tiny sizes, one repeat: checks that it runs')
     args = parser.parse_args()
+    if args.smoke:                         # N = 1,000, K = 16, B = 4: a second, no timing claims
+        global NUM_ITEMS, NUM_NEGATIVES, BATCH
+        NUM_ITEMS, NUM_NEGATIVES, BATCH, args.repeat = 1000, 16, 4, 1
     device = torch.device(args.device)
     torch.manual_seed(0)
     uniform = torch.ones(NUM_ITEMS)

@@ -71,15 +71,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
+    p.add_argument('--smoke', action='store_true', help='a tiny bank and batch, 3 repeats: checks that it runs')
     args = p.parse_args()
+    banks = ((('tiny bank', 256, 16),) if args.smoke else
+             (('demo bank', 1528, 1024), ('ImageNet bank', 1_281_167, 16384)))
+    sizes = dict(batch=4, repeats=3) if args.smoke else {}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f'device {device}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}')
     print('| what | reference path | ours | speed-up |')
     print('|---|---:|---:|---:|')
-    for name, num_rows, K in (('demo bank', 1528, 1024), ('ImageNet bank', 1_281_167, 16384)):
-        reference, ours = bench_scores(device, num_rows, K, batch=64 if num_rows < 10_000 else 256)
+    for name, num_rows, K in banks:
+        reference, ours = bench_scores(device, num_rows, K, batch=64 if num_rows < 10_000 else 256,
+                                       **({'repeats': 3} if args.smoke else {}))
         print(f'| scores + backward, {name} (N={num_rows}, K={K}) | {reference * 1e3:.2f} ms | {ours * 1e3:.2f} ms '
               f'| {reference / ours:.2f}x |', flush=True)
     amp_dtypes = [(None, 'float32')]
@@ -88,9 +93,10 @@ def main():
     elif device.type == 'cuda':
         amp_dtypes.append((torch.float16, 'float16 autocast'))
     for amp_dtype, label in amp_dtypes:
-        reference = bench_model(device, amp_dtype, channels_last=False)
-        ours = bench_model(device, amp_dtype, channels_last=True)
-        print(f'| resnet18v1 SGD step, 64 px, B=64, {label} (NCHW vs channels-last) | {reference * 1e3:.1f} ms '
+        reference = bench_model(device, amp_dtype, channels_last=False, **sizes)
+        ours = bench_model(device, amp_dtype, channels_last=True, **sizes)
+        print(f'| resnet18v1 SGD step, 64 px, B={sizes.get("batch", 64)}, {label} (NCHW vs channels-last) '
+              f'| {reference * 1e3:.1f} ms '
               f'| {ours * 1e3:.1f} ms | {reference / ours:.2f}x |', flush=True)
 
 

@@ -76,7 +76,13 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
 
     ``stepper.step(batch) -> StepResult`` computes the loss; this loop does timing, the optimiser step through the
     GradScaler (a no-op without float16), ``stepper.after_step`` (MoCo's EMA), the non-finite-loss check, the
-    reference's console lines, and stopping after the current step on a signal.
+    reference's console lines, and stopping on a signal.
+
+    No host synchronisation inside a step: each step's loss and metrics stay on the device (`Readings`) and are read
+    in one copy every ``print_freq`` steps, at the epoch's last step and before stopping; the non-finite check then
+    names the first bad step, and it runs before `Fit` can save anything. A signal: one process stops after the
+    current step; under torchrun the processes agree at the next read point (at most print_freq - 1 steps later),
+    so that they all stop after the same step without a collective in every step.
 
     Returns ``(meters, steps_done)``; steps_done < steps per epoch means a signal stopped the epoch.
     """
@@ -85,6 +91,7 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
     meters = {key: AverageMeter() for key, _ in fields}
     meters['BT'], meters['DT'] = AverageMeter(), AverageMeter()
     n_batches = loader.sampler.batches_per_epoch()
+    readings = Readings(fields, rt, epoch, n_batches, start_step)
     step = start_step
     end = time.time()
     for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
@@ -97,50 +104,84 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
         rt.scaler.update()
         if stepper.after_step is not None:
             stepper.after_step()
-        # The step's one host sync, after the backward is queued: the loss (to stop on NaN; nothing is saved after
-        # a non-finite one), the metrics, and under torchrun every process's signal votes.
-        loss_value, metric_values = step_scalars(result, fields, rt, stop)
-        if not math.isfinite(loss_value):          # every process sees the same sum: all stop here, one says why
-            raise TrainingStopped(
-                f'error: the loss is {loss_value} at epoch {epoch}, step {step + 1} of {n_batches}; stopped without '
-                f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
-                f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
-                f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.'
-                if rt.is_main else '', exit_code=3)
-        for (key, _), value in zip(fields, metric_values):
-            meters[key].update(value, result.batch_size)
+        readings.add(result)
+        step += 1
+        read_point = step % opt.print_freq == 0 or step == n_batches
+        if read_point or (stop.requested and not rt.distributed):
+            readings.read_into(meters, stop)       # the one host sync of these steps; raises on a non-finite loss
         meters['BT'].update(time.time() - end)
         end = time.time()
-        step += 1
         if rt.is_main and (step % opt.print_freq == 0):
             print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
                   f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
-        if stop.requested:                     # already agreed across processes by step_scalars
+        if stop.requested and (read_point or not rt.distributed):   # under torchrun agreed by read_into
             break
+    readings.read_into(meters, stop)           # nothing pending unless the loader ran short
     return meters, step
 
 
-def step_scalars(result, fields, rt, stop):
-    """The loss and the logged metrics as Python floats, in ONE device-to-host copy (not one sync per metric).
+class Readings:
+    """The loss and metrics of the steps since the last read, kept on the device (one small tensor per step, at most
+    print_freq of them), read in one device-to-host copy.
 
-    In a multi-process run one all_reduce carries the loss (summed, so a non-finite loss in any process stops all of
-    them at the same step), the metrics (averaged over processes) and the signal votes (so every process stops
-    after the same step: one stopping alone would leave the others waiting in DDP's all-reduce).
+    In a multi-process run one all_reduce per read carries every pending step's loss (summed, so a non-finite loss in
+    any process stops all of them at the same read), the metrics (averaged over processes) and the signal votes (so
+    every process stops after the same step: one stopping alone would leave the others waiting in DDP's all-reduce).
     """
-    device = result.loss.device
-    parts = [result.loss.detach().float().reshape(1)]
-    parts += [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1) for key, _ in fields]
-    if rt.distributed:
-        parts.append(torch.tensor([stop.signum == s for s in stop.SIGNALS], dtype=torch.float32, device=device))
-        values = torch.cat(parts)
-        dist.all_reduce(values)
-        values[1:1 + len(fields)] /= rt.world_size
-    else:
-        values = torch.cat(parts)
-    host = values.tolist()
-    if rt.distributed:
-        stop.adopt(host[1 + len(fields):])
-    return host[0], host[1:1 + len(fields)]
+
+    def __init__(self, fields, rt, epoch, n_batches, start_step):
+        self.fields, self.rt, self.epoch, self.n_batches = fields, rt, epoch, n_batches
+        self.pending, self.batch_sizes, self.first_step = [], [], start_step   # steps first_step + 1, ...
+
+    def add(self, result):
+        """Queue one step's [loss, metrics...] (a device tensor of 1 + len(fields) float32; no sync)."""
+        device = result.loss.device
+        parts = [result.loss.detach().float().reshape(1)]
+        parts += [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1)
+                  for key, _ in self.fields]
+        self.pending.append(torch.cat(parts))
+        self.batch_sizes.append(result.batch_size)
+
+    def read_into(self, meters, stop):
+        """Read the pending steps into ``meters`` (one update per step, as if read each step); raise TrainingStopped
+        naming the first step whose loss is not finite. Under torchrun also agree on stop signals (a collective:
+        every process reads at the same steps)."""
+        if not self.pending and not self.rt.distributed:
+            return
+        values, n_steps = self._gather(stop)
+        for offset, row in enumerate(values[:n_steps]):
+            if not math.isfinite(row[0]):     # every process sees the same sum: all stop here, one says why
+                raise TrainingStopped(non_finite_message(row[0], self.epoch, self.first_step + offset + 1,
+                                                         self.n_batches) if self.rt.is_main else '', exit_code=3)
+            for (key, _), value in zip(self.fields, row[1:]):
+                meters[key].update(value, self.batch_sizes[offset])
+        self.first_step += n_steps
+        self.pending, self.batch_sizes = [], []
+
+    def _gather(self, stop):
+        """(rows as Python lists, number of step rows): one copy; under torchrun one all_reduce with the votes."""
+        width = 1 + len(self.fields)
+        device = self.pending[0].device if self.pending else self.rt.device
+        rows = torch.stack(self.pending) if self.pending else torch.zeros(0, width, device=device)
+        if not self.rt.distributed:
+            return rows.tolist(), len(self.pending)
+        votes = torch.tensor([stop.signum == s for s in stop.SIGNALS], dtype=torch.float32, device=device)
+        flat = torch.cat([rows.reshape(-1), votes])
+        dist.all_reduce(flat)
+        host = flat.tolist()
+        stop.adopt(host[rows.numel():])
+        table = [host[i * width:(i + 1) * width] for i in range(len(self.pending))]
+        for row in table:
+            row[1:] = [value / self.rt.world_size for value in row[1:]]
+        return table, len(self.pending)
+
+
+def non_finite_message(value, epoch, step, n_batches):
+    """The one line a run stopped by a non-finite loss ends with."""
+    return (f'error: the loss is {value} at epoch {epoch}, step {step} of {n_batches}; stopped without '
+            f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
+            f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
+            f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.')
 
 
 def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
@@ -210,6 +251,7 @@ class Fit:
         self.argv = argv or sys.argv
         self.tb = TBLogger(os.path.join(opt.tb_path, logged.tb_name), enabled=rt.is_main)
         self.start_epoch, self.start_step = 1, 0
+        self.writer = rt.is_main        # which processes save (decided per run by _is_writer)
 
     def rng_states(self):
         """Every process's RNG states, in rank order. A collective in a multi-process run: all processes call it."""
@@ -261,17 +303,26 @@ class Fit:
     def _check_flags(self, ckpt, path):
         """Refuse a resume whose flags contradict the checkpoint's state (one line listing each); note the rest."""
         saved = ckpt['opt'] if isinstance(ckpt.get('opt'), dict) else {}
+        fixed = set(self.saved.fixed_flags)
         if self.opt.seed_drawn:                 # no --seed: continue with the checkpoint's (0 before seeds were kept)
             self.opt.seed = saved.get('seed') or 0
             self.loader.sampler.seed = self.opt.seed
-        refused, noted = flag_changes(saved, self.opt, self.saved.fixed_flags)
+            saved = {name: value for name, value in saved.items() if name != 'seed'}
+        elif ckpt.get('resume_step'):           # mid-epoch, another seed would reorder the rest of the epoch
+            fixed.add('seed')
+        refused, noted = flag_changes(saved, self.opt, fixed)
         processes = ckpt.get('world_size', len(ckpt.get('rng_per_process') or [None]) if 'rng' in ckpt else None)
         if processes is not None and processes != self.rt.world_size:
             refused.append(('nproc_per_node', processes, self.rt.world_size))
         if refused:
+            # Another number of processes is not supported: --batch_size is per process (another count changes the
+            # global batch and which images each process reads), and the checkpoint holds one RNG stream per process.
+            why = (' (the number of processes fixes the global batch, --batch_size x processes, and the per-process '
+                   'data order and RNG streams saved in the checkpoint)'
+                   if any(name == 'nproc_per_node' for name, _, _ in refused) else '')
             raise UserError(f'cannot resume {path} with other values of flags that fix its state: '
-                            f'{describe_changes(refused)}; resume with the checkpoint\'s values, or start a new run '
-                            f'in another --model_path')
+                            f'{describe_changes(refused)}{why}; resume with the checkpoint\'s values, or start a new '
+                            f'run in another --model_path')
         if noted:
             self.rt.print(f'note: resuming with changed flags: {describe_changes(noted)}')
 
@@ -287,32 +338,65 @@ class Fit:
         resume_path = self._resume_path()
         if resume_path:
             self.resume(resume_path)
-        created = self.rt.is_main and not os.path.isdir(self.run.path)
-        if self.rt.is_main:
-            os.makedirs(self.run.path, exist_ok=True)
+        if self.opt.seed_drawn:
+            seed = self.opt.seed
+            self.rt.print(f'no --seed given: continuing with the checkpoint\'s seed {seed}' if resume_path else
+                          f'no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)')
+        made = self.run.make() if self.rt.is_main else []
+        self.writer = self._is_writer()
         try:
             with StopSignal() as stop:
                 for epoch in range(self.start_epoch, self.opt.epochs + 1):
                     self._epoch(epoch, stop)
         except BaseException:
-            if created:                 # a run that failed before its first save leaves no empty folder behind
-                self.run.remove_if_empty()
+            self.run.remove_if_empty(made)      # a run that failed before its first save leaves no empty folder
             raise
         self.tb.close()
         return self.saved.values
 
     def _resume_path(self):
-        """The checkpoint to resume from, as the main process found it (every process resumes from the same)."""
+        """The checkpoint to resume from, as the main process found it (every process resumes from the same).
+        A bad input the main process finds here (a missing --resume file, a run folder in the way) ends every
+        process with the same UserError, printed once, instead of leaving the others in the broadcast."""
         opt, rt = self.opt, self.rt
+        resume_path, failure = (opt.resume if opt.resume != 'auto' else ''), None
         if rt.is_main:
-            resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
-        else:
-            resume_path = opt.resume if opt.resume != 'auto' else ''
+            try:
+                resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
+            except UserError as e:
+                failure = str(e)
         if rt.distributed:
-            holder = [resume_path]
+            holder = [resume_path, failure]
             dist.broadcast_object_list(holder, src=0)
-            resume_path = holder[0]
+            resume_path, failure = holder
+        if failure is not None:
+            raise UserError(failure)
         return resume_path
+
+    def _is_writer(self):
+        """Whether this process writes checkpoints: global rank 0 always; under torchrun also each node's first
+        process (LOCAL_RANK 0) when it cannot see the run folder rank 0 made, i.e. when the nodes share no file
+        system, so that every node keeps a copy it can resume from (all copies hold the same state). On a shared
+        file system one writer per path: two would race on the same file. A collective: every process calls it."""
+        rt = self.rt
+        if not rt.distributed:
+            return rt.is_main
+        holder = [f'.shared_fs_probe_{os.urandom(6).hex()}']
+        dist.broadcast_object_list(holder, src=0)
+        marker = os.path.join(self.run.path, holder[0])
+        if rt.is_main:
+            open(marker, 'w').close()
+        dist.barrier()
+        sees_rank0 = os.path.exists(marker)
+        dist.barrier()
+        if rt.is_main:
+            os.remove(marker)
+        writer = rt.is_main or (rt.is_local_main and not sees_rank0)
+        if writer and not rt.is_main:
+            os.makedirs(self.run.path, exist_ok=True)
+            print(f'rank {rt.rank}: no shared file system with rank 0; this node saves its own copy of the '
+                  f'checkpoints in {self.run.path}', flush=True)
+        return writer
 
     def _epoch(self, epoch, stop):
         """One epoch, its reports and its checkpoint; stops the run (TrainingStopped) when a signal came."""
@@ -332,7 +416,7 @@ class Fit:
         for evaluate in self.logged.evaluators:
             self._take(evaluate(epoch, meters), epoch)
         rngs = self.rng_states()
-        if self.rt.is_main:
+        if self.writer:
             self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq)
         self.tb.flush()
         if stop.agreed(self.rt):                    # a signal during the epoch-end work
@@ -345,7 +429,7 @@ class Fit:
         for tag, value in report.scalars.items():
             self.tb.log_value(tag, value, epoch)
         self.saved.values.update(report.values)
-        if report.save_copy and self.rt.is_main:
+        if report.save_copy and self.writer:
             save_checkpoint(self.state(epoch, 0), report.save_copy)
 
     def _report_skipped(self):
@@ -360,7 +444,7 @@ class Fit:
         """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
         path = os.path.join(self.run.path, 'current.pth')
         rngs = self.rng_states()
-        if self.rt.is_main:
+        if self.writer:
             save_checkpoint(self.state(epochs_done, resume_step, rngs), path)
         self.tb.close()
         argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value

@@ -35,8 +35,10 @@ sys.path.insert(0, ROOT)
 #   each of seeds 0, 1, 2 at the full 150 epochs (66.9 / 66.7 / 63.8 against 68.0 / 67.2 / 65.1), kNN 1.1 higher.
 # - Every encoder, random ones included, gets the same probe: the seed's ResNet layer (6, after global pooling), a
 #   parameter-free BatchNorm on the frozen features (--bn) so one learning rate suits all feature scales, SGD at 0.1.
-# - Pretraining runs under --amp (bfloat16 autocast) where the CPU computes bfloat16 natively (AVX512-BF16 or AMX):
-#   faster at the same accuracy (bench/bench_step.py); elsewhere it stays float32, the same recipe, only slower.
+# - Pretraining runs under --amp (bfloat16 autocast) where a few timed steps show it faster than float32 (CPUs with
+#   AVX512-BF16 or AMX: at the same accuracy, bench/bench_step.py); elsewhere it stays float32, the same recipe.
+# - MoCo keeps --shuffle_bn_splits 1 (the reference on one GPU: no ShuffleBN). Tried: splits 2, 5 epochs on seed 0
+#   (the shared CPU allowed no more), probe / kNN 59.3 / 45.8 against 56.9 / 48.1: no clear gain (README, ShuffleBN).
 CMC_MODEL, RGB_MODEL = 'resnet18v1', 'resnet18'
 COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--print_freq', '1000']
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']
@@ -66,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'demo'))
     p.add_argument('--smoke', action='store_true', help='one short epoch per stage (tests use this)')
+    p.add_argument('--amp', choices=['auto', 'on', 'off'], default='auto',
+                   help='bfloat16 autocast for pretraining: auto times a few steps of each and takes the faster')
     p.add_argument('--epochs', type=str, default=None, help='override, e.g. cmc=10,insdis=4,moco=4,probe=10')
     p.add_argument('--summarise', nargs='+', metavar='MD', help='print mean and spread over the tables of earlier '
                    'runs (e.g. results/demo.md results/demo_seed1.md results/demo_seed2.md) and exit')
@@ -126,6 +130,11 @@ def run_script(args, log_path, progress, total_epochs, every=1, label='', thread
                 if pending:                   # that epoch had no kNN
                     progress.say(pending)
                 epoch = int(m.group(1))
+                if epoch == min(2, total_epochs - 1):     # epoch 1 warms up: estimate from the one after it
+                    left = float(m.group(2)) * (total_epochs - epoch)
+                    left = f'{left:.0f} s' if left < 90 else f'{left / 60:.0f} min'
+                    progress.say(f'      {label + " " if label else ""}about {left} left in this stage '
+                                 f'({total_epochs - epoch} epochs at {float(m.group(2)):.0f} s)')
                 due = epoch % every == 0 or epoch == total_epochs
                 pending = (f'      {label + " " if label else ""}epoch {epoch}/{total_epochs} '
                            f'({float(m.group(2)):.0f} s)') if due else None
@@ -209,6 +218,55 @@ def loss_curve(tb_folder, method):
     return [e.step for e in series[0]], [sum(s[i].value for s in series) for i in range(len(series[0]))]
 
 
+def time_steps(amp_dtype, steps, threads, batch=64, give_up=float('inf')):
+    """Best CPU seconds (process time: other work on a shared machine does not count) of one SGD step of the CMC
+    encoder (resnet18v1, 64 px, channels-last, as the demo trains it) over ``steps`` steps after one warm-up step,
+    with ``threads`` CPU threads; stops early once a step after the warm-up costs more than give_up."""
+    import torch
+    from engine import runtime
+    from models import build_cmc_model
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        rt = runtime.Runtime(device=torch.device('cpu'), amp_dtype=amp_dtype)
+        model = rt.place(build_cmc_model(CMC_MODEL))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        best = float('inf')
+        for step in range(steps + 1):
+            t0 = time.process_time()
+            with rt.autocast():
+                feat_l, feat_ab = model(x)
+            (feat_l.float().sum() + feat_ab.float().sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.process_time() - t0
+            if step == 0:             # warms up: allocations, oneDNN's kernel choice (seconds for bfloat16)
+                continue
+            best = min(best, seconds)
+            if seconds > give_up:     # clearly the slower one (emulated bfloat16 is several times float32)
+                break
+        return best
+    finally:
+        torch.set_num_threads(before)
+
+
+def choose_precision(choice, threads, steps=3, batch=16):
+    """(pretraining flags, why): with 'auto', time ``steps`` SGD steps of float32 and of bfloat16 autocast on this
+    CPU and take the faster (bfloat16 only when >= 5% faster: it also rounds), instead of trusting CPU flags. batch
+    16, a quarter of the demo's: the ratio, not the time, decides."""
+    if choice != 'auto':
+        return (['--amp'] if choice == 'on' else []), f'--amp {choice}'
+    import torch
+    f32 = time_steps(None, steps, threads, batch)
+    bf16 = time_steps(torch.bfloat16, steps, threads, batch, give_up=3 * f32)
+    faster = bf16 < 0.95 * f32
+    return (['--amp'] if faster else []), (f'an SGD step of batch {batch} cost {f32 * 1e3:.0f} ms of CPU in float32, '
+                                           f'{bf16 * 1e3:.0f} ms in bfloat16 autocast ({threads} thread(s), best of '
+                                           f'{steps}), so {"bfloat16" if faster else "float32"} is faster here')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.summarise:
@@ -227,12 +285,10 @@ def main(argv=None):
     seed = ['--seed', str(args.seed)]
     minutes, curves = {}, {}
 
-    import torch
-    from engine import checkpoint, runtime
-    amp = ['--amp'] if runtime.native_bf16(torch.device('cpu')) else []
-    progress.say('pretraining in ' + ('bfloat16 autocast (--amp): this CPU has native bfloat16' if amp else
-                                      'float32: this CPU has no native bfloat16'))
+    from engine import checkpoint
     threads = max(1, (os.cpu_count() or 1) // len(LANES))
+    amp, why = choose_precision(args.amp, threads, *((1, 4) if args.smoke else (3, 16)))   # smoke: the plumbing
+    progress.say(f'pretraining in {"bfloat16 autocast (--amp)" if amp else "float32"}: {why}')
     progress.say(f'pretraining in {len(LANES)} lanes of {threads} thread(s) each: '
                  + '; '.join(' then '.join(lane) for lane in LANES))
 

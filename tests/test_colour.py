@@ -204,7 +204,7 @@ def test_device_view_module_contract():
 def test_reference_path_equals_device_path(space):
     image = Image.fromarray(_photos(96)['astronaut'])
     reference = dataset.reference_cmc_transform(48, 0.2, space)
-    ours, view = dataset.cmc_train_transform(48, 0.2), dataset.DeviceView(space)
+    ours, view = dataset.cmc_train_transform(48, 0.2, fast=False), dataset.DeviceView(space)  # the same pixels
     outputs = []
     for seed in range(3):
         torch.manual_seed(seed)

@@ -62,6 +62,7 @@ def test_progress_shows_every_nth_epoch_with_the_knn_that_follows_it(tmp_path, c
     run_demo.run_script(['-c', f'print({chr(10).join(printed)!r})'], str(tmp_path / 'log'), run_demo.Progress(1),
                         5, every=2, label='cmc')
     lines = [line.split('min  ', 1)[1].strip() for line in capsys.readouterr().out.splitlines()]
-    assert lines == ['cmc epoch 2/5 (3 s), kNN top-1 45.6', 'cmc epoch 4/5 (4 s), kNN top-1 50.0',
+    assert lines == ['cmc about 8 s left in this stage (3 epochs at 3 s)',       # after epoch 2: 3 x 2.6 s
+                     'cmc epoch 2/5 (3 s), kNN top-1 45.6', 'cmc epoch 4/5 (4 s), kNN top-1 50.0',
                      'cmc epoch 5/5 (5 s)']
     assert (tmp_path / 'log').read_text() == '\n'.join(printed) + '\n'

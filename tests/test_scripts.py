@@ -13,11 +13,12 @@ import LinearProbing
 import train_CMC
 import train_moco_ins
 from engine import checkpoint, errors
+from conftest import TEST_DEVICE
 from methods import MoCo
 from models import build_cmc_model, build_ins_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--device', 'cpu', '--seed', '0',
+TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--device', TEST_DEVICE, '--seed', '0',
         '--print_freq', '1']
 
 

@@ -1,0 +1,164 @@
+"""cpu_pipeline: fast uint8 colour conversions against scikit-image, draft JPEG decoding against full decoding."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+import skimage.color
+import skimage.data
+import torch
+from PIL import Image
+from torchvision import transforms
+
+import cpu_pipeline
+import dataset
+
+PHOTOS = ('astronaut', 'coffee', 'chelsea')
+
+
+def chw(array):
+    """H x W x 3 uint8 numpy -> 3 x H x W uint8 tensor."""
+    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def jpeg_bytes(name, size=(500, 375), quality=90):
+    """A scikit-image photograph resized to `size` and saved as JPEG."""
+    image = Image.fromarray(getattr(skimage.data, name)()).convert('RGB').resize(size, Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, 'JPEG', quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize('name', PHOTOS)
+def test_fast_lab_matches_skimage(name):
+    # float32 throughout: the cube root exp(log(t) / 3) is good to ~1e-7 relative, and a = 500 (fx - fy) multiplies
+    # that by 500, so ~1e-4 is the float32 floor; measured 9e-5 over all 256^3 colours. 5e-4 leaves a margin.
+    photo = getattr(skimage.data, name)()
+    ours = cpu_pipeline.fast_rgb_to_lab(chw(photo)).permute(1, 2, 0).double().numpy()
+    assert np.abs(ours - skimage.color.rgb2lab(photo)).max() <= 5e-4
+
+
+@pytest.mark.parametrize('name', PHOTOS)
+def test_fast_ycbcr_matches_skimage(name):
+    # A float32 affine map of values up to 240: ulp ~1.5e-5, a few roundings; measured 3.3e-5 over all colours.
+    photo = getattr(skimage.data, name)()
+    ours = cpu_pipeline.fast_rgb_to_ycbcr(chw(photo)).permute(1, 2, 0).double().numpy()
+    assert np.abs(ours - skimage.color.rgb2ycbcr(photo)).max() <= 1e-4
+
+
+def test_lab_toe_and_extremes():
+    # Dark colours take the linear toe of CIE f(t); black, white and the primaries bound the range.
+    values = np.array([0, 1, 2, 5, 10, 20, 23, 24, 25, 30, 128, 254, 255], dtype=np.uint8)
+    grid = np.stack(np.meshgrid(values, values, values, indexing='ij'), -1).reshape(len(values), -1, 3)
+    ours = cpu_pipeline.fast_rgb_to_lab(chw(grid)).permute(1, 2, 0).double().numpy()
+    assert np.abs(ours - skimage.color.rgb2lab(grid)).max() <= 5e-4
+
+
+@pytest.mark.parametrize('space', ['Lab', 'YCbCr', 'RGB'])
+def test_fast_view_matches_device_view(space):
+    # Same float32 maths in a different order (normalisation folded into the matrices): measured ~1e-6.
+    batch = torch.stack([chw(getattr(skimage.data, name)()[:160, :160]) for name in PHOTOS])  # 3 x 3 x 160 x 160
+    two_crop = torch.cat([batch, batch.flip(-1)], dim=1)  # B x 6 x H x W, as MoCo's query and key
+    ours = cpu_pipeline.FastView(space)(two_crop)
+    assert ours.dtype == torch.float32 and ours.shape == two_crop.shape
+    generic = GenericDeviceView(space)(two_crop)        # the formula DeviceView runs on an accelerator
+    assert (ours - generic).abs().max().item() <= 1e-5
+    assert torch.equal(dataset.DeviceView(space)(two_crop), ours)    # on the CPU DeviceView hands over to FastView
+
+
+class GenericDeviceView(dataset.DeviceView):
+    """DeviceView without the CPU hand-over to FastView: its generic (accelerator) formula, on the CPU."""
+    CPU_FAST_SPACES = ()
+
+
+def test_conversions_reject_bad_input():
+    with pytest.raises(TypeError):
+        cpu_pipeline.fast_rgb_to_lab(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError):
+        cpu_pipeline.fast_rgb_to_lab(torch.zeros(4, 4, 3, dtype=torch.uint8)[..., :2])
+    with pytest.raises(ValueError):
+        cpu_pipeline.FastView('HSV')
+
+
+def test_large_image_runs_in_chunks():
+    # More pixels than one chunk: chunk boundaries must not show.
+    photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((300, 256)))  # 76,800 > 2^15 pixels
+    ours = cpu_pipeline.fast_rgb_to_lab(chw(photo)[None]).squeeze(0).permute(1, 2, 0).double().numpy()
+    assert np.abs(ours - skimage.color.rgb2lab(photo)).max() <= 5e-4
+
+
+@pytest.mark.parametrize('name', PHOTOS)
+@pytest.mark.parametrize('size', [64, 112])
+def test_draft_decode_matches_full_decode(name, size):
+    data = jpeg_bytes(name)
+    torch.manual_seed(0)
+    scales = set()
+    for _ in range(25):
+        image = Image.open(io.BytesIO(data))
+        box = transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3])  # (top, left, h, w)
+        scales.add(cpu_pipeline.draft_scale(image.size, box, size))
+        drafted = cpu_pipeline.decode_crop(image, box, size)
+        full = cpu_pipeline.decode_crop(Image.open(io.BytesIO(data)), box, size, use_draft=False)
+        diff = (drafted.int() - full.int()).abs()
+        assert drafted.shape == full.shape == (3, size, size) and drafted.dtype == torch.uint8
+        assert diff.float().mean().item() <= cpu_pipeline.DRAFT_TOLERANCE['mean_abs']
+        assert diff.max().item() <= cpu_pipeline.DRAFT_TOLERANCE['max_abs']
+    assert scales & {2, 4}, f"no reduced-scale decode exercised (scales {scales})"
+
+
+def test_draft_really_decodes_small():
+    image = Image.open(io.BytesIO(jpeg_bytes('coffee')))
+    cpu_pipeline.decode_crop(image, (0, 0, 375, 500), 64)  # 375 / 4 >= 64: quarter scale
+    assert image.size == (125, 94)
+
+
+def test_transform_matches_torchvision_when_no_draft_applies():
+    # 224 px from a 500 x 375 photo never has 448 px to spare: full decode, so the seeded draw and pixels equal
+    # dataset.cmc_train_transform's exactly.
+    data = jpeg_bytes('chelsea')
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = dataset.cmc_train_transform(224, fast=False)(Image.open(io.BytesIO(data)).convert('RGB'))
+        torch.manual_seed(seed)
+        ours = cpu_pipeline.DraftRandomResizedCrop(224)(cpu_pipeline.lazy_loader(io.BytesIO(data)))
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 224, 224)
+        assert torch.equal(ours, expected)
+
+
+def test_transform_is_picklable_and_handles_png(tmp_path):
+    transform = pickle.loads(pickle.dumps(cpu_pipeline.DraftRandomResizedCrop(48, scale=(0.5, 1.0))))
+    path = tmp_path / 'x.png'
+    Image.fromarray(skimage.data.coffee()).save(path)
+    out = transform(cpu_pipeline.lazy_loader(str(path)))
+    assert out.dtype == torch.uint8 and out.shape == (3, 48, 48)
+    grey = Image.fromarray(skimage.data.camera())  # mode L: converted to RGB after decoding
+    assert transform(grey).shape == (3, 48, 48)
+    assert 'DraftRandomResizedCrop' in repr(transform)
+
+
+def test_torch_resized_crop_matches_torchvision():
+    # torch's uint8 antialiased bilinear kernel against PIL's (torchvision's RandomResizedCrop), same integer boxes:
+    # measured max 1 level, mean 0.02 on 300 boxes; TORCH_RESIZE_TOLERANCE bounds every crop.
+    image = Image.open(io.BytesIO(jpeg_bytes('astronaut'))).convert('RGB')
+    torch.manual_seed(0)
+    for size in (224, 64):
+        for _ in range(20):
+            box = transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3])
+            expected = transforms.functional.pil_to_tensor(transforms.functional.resized_crop(image, *box, [size] * 2))
+            diff = (cpu_pipeline.torch_resized_crop(image, box, size).int() - expected.int()).abs()
+            assert diff.max() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['max_abs']
+            assert diff.float().mean() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['mean_abs']
+
+
+def test_fast_crop_draws_as_torchvision_and_keeps_grayscale():
+    # Same seeded box and flip as dataset.cmc_train_transform(fast=False), pixels within the resize tolerance.
+    image = Image.open(io.BytesIO(jpeg_bytes('chelsea'))).convert('RGB')
+    fast = pickle.loads(pickle.dumps(dataset.cmc_train_transform(96, 0.2)))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        expected = dataset.cmc_train_transform(96, 0.2, fast=False)(image)
+        torch.manual_seed(seed)
+        ours = fast(image)
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 96, 96) and ours.is_contiguous()
+        assert (ours.int() - expected.int()).abs().max() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['max_abs']
+    assert fast(Image.fromarray(skimage.data.camera())).shape == (1, 96, 96)       # mode L stays one channel

@@ -1,0 +1,57 @@
+"""engine.loop.train_epoch reads the loss and metrics every print_freq steps, not every step: the meters still get one
+update per step, a non-finite loss is still named by its first step, and a signal still stops after the current
+step (single process). In-process, a linear model: well under a second."""
+import types
+
+import pytest
+import torch
+
+from engine import runtime
+from engine.errors import TrainingStopped
+from engine.loop import StepResult, StopSignal, train_epoch
+
+FIELDS = [('loss', 'loss'), ('prob', 'prob')]
+
+
+class Loader(list):
+    """Batches with a sampler that knows the epoch's length, as engine.data.make_loader's."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.sampler = types.SimpleNamespace(batches_per_epoch=lambda: len(batches))
+
+
+def run(losses, print_freq, stop_after=None, reads=None):
+    """One epoch whose step i returns loss losses[i] (times a parameter, so backward runs); returns (meters, steps)."""
+    weight = torch.nn.Parameter(torch.ones(()))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    stop = StopSignal()
+    rt = runtime.Runtime(device=torch.device('cpu'), scaler=torch.amp.GradScaler('cpu', enabled=False))
+
+    def step(batch):
+        if stop_after is not None and batch + 1 == stop_after:
+            stop.signum = 15                           # as SIGTERM's handler would, during this step
+        loss = weight * losses[batch]
+        return StepResult(loss=loss, batch_size=2, metrics={'loss': loss, 'prob': torch.tensor(batch * 1.0)})
+    stepper = types.SimpleNamespace(step=step, train_modules=[], set_lr=lambda *a: None, after_step=None)
+    return train_epoch(epoch=1, loader=Loader(list(range(len(losses)))), stepper=stepper, optimizer=optimizer,
+                       rt=rt, opt=types.SimpleNamespace(print_freq=print_freq), stop=stop, fields=FIELDS)
+
+
+def test_meters_get_every_step_when_read_every_print_freq_steps():
+    meters, steps = run([1.0, 2.0, 3.0, 4.0, 5.0], print_freq=3)      # read after steps 3 and 5 (the last)
+    assert steps == 5 and meters['loss'].count == 10                  # 5 steps x batch 2
+    assert meters['loss'].avg == pytest.approx(3.0) and meters['loss'].val == 5.0
+    assert meters['prob'].avg == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize('print_freq', [1, 4, 100])
+def test_the_first_non_finite_step_is_named_even_when_read_later(print_freq):
+    with pytest.raises(TrainingStopped) as stopped:
+        run([1.0, float('nan'), float('inf'), 1.0, 1.0], print_freq=print_freq)
+    assert str(stopped.value).startswith('error: the loss is nan at epoch 1, step 2 of 5;')
+
+
+def test_a_signal_stops_after_the_current_step_in_one_process():
+    meters, steps = run([1.0] * 8, print_freq=5, stop_after=3)
+    assert steps == 3 and meters['loss'].count == 6                   # read before stopping: 3 steps x batch 2
