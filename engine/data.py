@@ -59,12 +59,18 @@ def make_loader(dataset, opt, rt, *, seed=0, sharded=False):
 
 
 def ignore_stop_signals(worker_id=None):
-    """A DataLoader ``worker_init_fn``: workers ignore SIGTERM and SIGINT. A scheduler (Slurm, ``timeout``, Ctrl-C)
-    signals the whole process group; the main process then finishes its step, saves and exits 143, and its
-    workers are shut down by the loader, instead of dying first and ending the run with "DataLoader worker is
-    killed by signal"."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A DataLoader ``worker_init_fn``: workers ignore SIGINT and their first SIGTERM. A scheduler (Slurm,
+    ``timeout``, Ctrl-C) signals the whole process group; the main process then finishes its step, saves and exits
+    143, and its workers are shut down by the loader, instead of dying first and ending the run with "DataLoader
+    worker is killed by signal". A second SIGTERM is the loader's own ``terminate()`` of a worker slow to stop: it
+    must still work, or the main process would wait for that worker forever at exit."""
+    signal.signal(signal.SIGTERM, _restore_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_sigterm(signum, frame):
+    """The first SIGTERM in a worker: ignored; the next one ends it (the default action)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def set_loader_epoch(loader, epoch, start_batch=0):

@@ -129,8 +129,6 @@ def wait_for(proc, path_glob, limit=240):
     return False
 
 
-@pytest.mark.skipif(os.environ.get('CI') == 'true', reason='hung once in five runs (no exit 60 s after SIGTERM): '
-                    'under investigation, kept out of CI until then')
 def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path, image_folder):
     """Workers ignore SIGTERM, so the main process finishes its step, saves and exits 143 (no 'worker killed')."""
     proc = subprocess.Popen([sys.executable, *cmc_args(tmp_path, image_folder, '--num_workers', '2', '--epochs',
@@ -204,3 +202,32 @@ def test_shuffle_bn_splits_converts_the_key_encoder_and_refuses_bad_sizes(capsys
     kinds = {type(m) for m in method.encoder_k.modules() if isinstance(m, nn.BatchNorm2d)}
     assert kinds == {SplitBatchNorm2d} and {type(m) for m in method.encoder.modules()} & kinds == set()
     assert 'split BatchNorm over 4 sub-batches' in capsys.readouterr().out
+
+
+def _worker_that_waits(ready):
+    from engine.data import ignore_stop_signals
+    ignore_stop_signals()
+    ready.set()
+    while True:
+        time.sleep(0.05)
+
+
+def test_a_loader_worker_outlives_the_groups_sigterm_but_not_the_loaders_terminate():
+    """The first SIGTERM (the process group's) is ignored; the second (DataLoader's terminate() of a worker slow to
+    stop) ends it, or the main process would wait for it forever at exit."""
+    import multiprocessing
+    ctx = multiprocessing.get_context('fork')
+    ready = ctx.Event()
+    worker = ctx.Process(target=_worker_that_waits, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(1.0)
+        assert worker.is_alive()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(10)
+        assert not worker.is_alive() and worker.exitcode == -signal.SIGTERM
+    finally:
+        if worker.is_alive():
+            worker.kill()
