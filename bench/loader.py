@@ -129,21 +129,16 @@ def worker_fast_view(size, space):
     return transforms.Compose([cpu_pipeline.FastRandomResizedCrop(size, scale=(0.2, 1.0)), view])
 
 
-class GenericDeviceView(dataset.DeviceView):
-    """DeviceView's accelerator formula run on the CPU (no hand-over to FastView): what training ran before."""
-    CPU_FAST_SPACES = ()
-
-
 def cmc_pipelines(space, size):
     """Reference, ours as training runs it (the default crop, DeviceView), and the levers one by one."""
     return [
         Pipeline(f'{space} reference (skimage f64)', full_loader, dataset.reference_cmc_transform(size, 0.2, space)),
         Pipeline(f'{space} before: PIL crop + generic view', full_loader,
-                 dataset.cmc_train_transform(size, fast=False), GenericDeviceView(space)),
+                 dataset.cmc_train_transform(size, fast=False), dataset.DeviceView(space)),
         Pipeline(f'{space} + torch resize, generic view', full_loader, dataset.cmc_train_transform(size),
-                 GenericDeviceView(space)),
+                 dataset.DeviceView(space)),
         Pipeline(f'{space} + draft decode (PIL resize)', cpu_pipeline.lazy_loader,
-                 cpu_pipeline.DraftRandomResizedCrop(size), GenericDeviceView(space)),
+                 cpu_pipeline.DraftRandomResizedCrop(size), dataset.DeviceView(space)),
         Pipeline(f'{space} ours as trained: DeviceView', full_loader, dataset.cmc_train_transform(size),
                  dataset.DeviceView(space)),
         Pipeline(f'{space} ours + FastView (workers)', cpu_pipeline.lazy_loader, worker_fast_view(size, space)),
@@ -265,7 +260,7 @@ def conversion_table(size, calls):
         rows = [(f'skimage {reference.__name__} (f64)', base),
                 (f'cpu_pipeline.{fast.__name__}', cpu_time_per_call(lambda: fast(chw), calls)),
                 (f'generic DeviceView({space!r}) (batch 32)',
-                 cpu_time_per_call(lambda: GenericDeviceView(space)(batch), max(3, calls // 8)) / 32),
+                 cpu_time_per_call(lambda: dataset.DeviceView(space)(batch), max(3, calls // 8)) / 32),
                 (f'FastView({space!r}) (batch 32, per img)',
                  cpu_time_per_call(lambda: cpu_pipeline.FastView(space)(batch), max(3, calls // 8)) / 32)]
         for name, seconds in rows:

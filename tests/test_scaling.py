@@ -129,20 +129,26 @@ def wait_for(proc, path_glob, limit=240):
     return False
 
 
-def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path, image_folder):
-    """Workers ignore SIGTERM, so the main process finishes its step, saves and exits 143 (no 'worker killed')."""
-    proc = subprocess.Popen([sys.executable, *cmc_args(tmp_path, image_folder, '--num_workers', '2', '--epochs',
-                                                       '50')],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+def sigterm_after_first_checkpoint(cmd, tmp_path, timeout):
+    """Start ``cmd`` in its own process group, SIGTERM the group once current.pth exists; (returncode, out, err)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
     try:
         assert wait_for(proc, str(tmp_path / 'm' / '*' / 'current.pth')), 'no checkpoint was written'
         os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, err[-3000:]
+    return proc.returncode, out, err
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path, image_folder):
+    """Workers ignore the group's SIGTERM, so the main process finishes its step, saves and exits 143 (no 'worker
+    killed')."""
+    cmd = [sys.executable, *cmc_args(tmp_path, image_folder, '--num_workers', '2', '--epochs', '50')]
+    returncode, out, err = sigterm_after_first_checkpoint(cmd, tmp_path, timeout=60)
+    assert returncode == 143, err[-3000:]
     assert 'stopped by SIGTERM' in err and 'Resume with:' in err
     assert 'DataLoader worker' not in err and 'Traceback' not in err
 
@@ -152,15 +158,7 @@ def test_resume_and_sigterm_under_two_processes(tmp_path, image_folder):
     with the position saved (by rank 0 only: one file); --resume auto then finishes the run."""
     args = cmc_args(tmp_path, image_folder, '--num_workers', '0', '--epochs', '30')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)
-    try:
-        assert wait_for(proc, str(tmp_path / 'm' / '*' / 'current.pth')), 'no checkpoint was written'
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    _, out, err = sigterm_after_first_checkpoint(cmd, tmp_path, timeout=90)
     assert 'stopped by SIGTERM' in err and 'Resume with: torchrun --nproc_per_node 2' in err, err[-3000:]
     assert 'no shared file system' not in out + err              # one node: rank 0 alone writes
     (run,) = os.listdir(tmp_path / 'm')
