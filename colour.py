@@ -1,6 +1,7 @@
 """Colour views: batched colour-space conversions that reproduce scikit-image, their value ranges and
-normalisation, ``DeviceView`` (uint8 crops -> normalised view, batched on the device) and the reference's
-per-image ``RGB2<space>`` callables.
+normalisation, ``DeviceView`` (uint8 crops -> normalised view, batched on the device), ``ViewStack`` (named views),
+``PrenormalisedViews`` (views the loader already converted, ``--color_on_cpu``) and the reference's per-image
+``RGB2<space>`` callables.
 
 Colour conversions follow scikit-image 0.26 (`skimage/color/colorconv.py`) exactly: same constants, same D65 /
 2-degree white point, same piecewise sRGB gamma, same HSV tie rules, same HED log/clipping, same output units.
@@ -327,6 +328,27 @@ class ViewStack(nn.Module):
         return f"views={self.views}, channels={self.channels}"
 
 
+class PrenormalisedViews(nn.Module):
+    """Views the loader workers already converted and normalised (``--color_on_cpu``: the reference's per-image
+    scikit-image path, ``dataset.reference_views_transform``): only cast to float32, as the reference's
+    ``inputs.float()`` did, so nothing is converted twice. ``channels``: sum of the views' channels (3 for L|ab).
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, views):
+        """views: B x channels x H x W float (float64 from the workers) -> float32, same shape; else UserError."""
+        if not torch.is_floating_point(views) or views.dim() != 4 or views.shape[1] != self.channels:
+            raise UserError(f"--color_on_cpu expects B x {self.channels} x H x W float views from the loader, got "
+                            f"{views.dtype} {tuple(views.shape)} (uint8 crops go through ViewStack instead)")
+        return views.float()
+
+    def extra_repr(self):
+        return f"channels={self.channels}"
+
+
 class ColourConversion:
     """Callable PIL RGB image -> H x W x 3 float array in `space` (the reference's RGB2<space>).
 
@@ -366,4 +388,4 @@ __all__ = ['XYZ_FROM_RGB', 'D65_WHITE', 'RGB_FROM_HED', 'XYZ_FROM_CIERGB', 'YUV_
            'YPBPR_FROM_RGB', 'YCBCR_FROM_RGB', 'YCBCR_OFFSET', 'YDBDR_FROM_RGB', 'HED_FROM_RGB', 'CIERGB_FROM_RGB',
            'COLOUR_SPACES', 'SKIMAGE_FUNCTIONS', 'canonical_space', 'rgb_to', 'VALUE_RANGES', 'VIEW_STATS',
            'DeviceView', 'ColourConversion', 'REFERENCE_CONVERSIONS', 'COLOUR_VIEWS', 'CHROMA_VIEWS',
-           'view_channels', 'ViewStack'] + [f'RGB2{s}' for s in REFERENCE_CONVERSIONS]
+           'view_channels', 'ViewStack', 'PrenormalisedViews'] + [f'RGB2{s}' for s in REFERENCE_CONVERSIONS]

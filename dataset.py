@@ -4,8 +4,8 @@ re-exported here under the reference's names (``RGB2Lab``, ``RGB2YCbCr``, ...).
 Design (a deliberate departure from the reference, which converted colours in float64 on the CPU
 workers, one image at a time): the data loader hands **uint8 crops** (B x 3k x H x W) to
 `colour.DeviceView`, which converts colour spaces and normalises the whole batch in float32 on whatever
-device the batch is on. The reference CPU path is kept (`reference_cmc_transform`) for benchmarks
-and for an equivalence test.
+device the batch is on. The reference CPU path is kept (`reference_cmc_transform`, and
+`reference_views_transform` for any set of colour views) for benchmarks, equivalence tests and ``--color_on_cpu``.
 """
 
 import gzip
@@ -21,7 +21,7 @@ from torchvision import datasets, transforms
 
 import cpu_pipeline
 from colour import *  # noqa: F401,F403  the colour names, importable from here as in the reference
-from colour import ColourConversion, VIEW_STATS, canonical_space
+from colour import COLOUR_VIEWS, ColourConversion, VIEW_STATS, canonical_space
 from engine.errors import MissingSplit, UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -46,14 +46,19 @@ def cmc_train_transform(image_size=224, crop_low=0.2, fast=True):
 MOCO_AUGMENTATIONS = ('NULL', 'CJ')
 
 
-def moco_train_transform(image_size=224, crop=0.2, aug='CJ'):
-    """InsDis / MoCo crops: 'CJ' adds RandomGrayscale(0.2) and ColorJitter(0.4 x 4); 'NULL' does not."""
+def moco_train_transform(image_size=224, crop=0.2, aug='CJ', color_on_cpu=False):
+    """InsDis / MoCo crops: 'CJ' adds RandomGrayscale(0.2) and ColorJitter(0.4 x 4); 'NULL' does not.
+
+    uint8 3 x H x W (``colour.DeviceView('RGB')`` normalises on the device); ``color_on_cpu``: the reference's
+    ToTensor + Normalize(ImageNet statistics) per image instead, float32 3 x H x W."""
     if aug not in MOCO_AUGMENTATIONS:
         raise UserError(f"unknown augmentation {aug!r}: choose one of {', '.join(MOCO_AUGMENTATIONS)}")
     steps = [transforms.RandomResizedCrop(image_size, scale=(crop, 1.0))]
     if aug == 'CJ':
         steps += [transforms.RandomGrayscale(p=0.2), transforms.ColorJitter(0.4, 0.4, 0.4, 0.4)]
-    steps += [transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
+    steps.append(transforms.RandomHorizontalFlip())
+    steps += ([transforms.ToTensor(), transforms.Normalize(*VIEW_STATS['RGB'])] if color_on_cpu
+              else [transforms.PILToTensor()])
     return transforms.Compose(steps)
 
 
@@ -80,6 +85,47 @@ def reference_cmc_transform(image_size=224, crop_low=0.2, space='Lab'):
         steps.append(ColourConversion(space, use_skimage=True))
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     return transforms.Compose(steps)
+
+
+class ReferenceViewStack:
+    """PIL RGB crop -> C x H x W float64 tensor: the named colour views (``colour.COLOUR_VIEWS``) as the reference
+    made them per image on the CPU: each colour space by scikit-image in float64, ToTensor (no rescaling of a float
+    array), Normalize(``VIEW_STATS[space]``); then each view's channels, concatenated in ``views`` order, the
+    layout ``colour.ViewStack`` makes on the device. A view read from files is a UserError."""
+
+    def __init__(self, views):
+        self.views = tuple(views)
+        unsupported = [view for view in self.views if view not in COLOUR_VIEWS]
+        if unsupported:
+            raise UserError(f"--color_on_cpu converts colour views only ({' '.join(COLOUR_VIEWS)}, from one RGB "
+                            f"image), not {' '.join(unsupported)}; drop --color_on_cpu")
+        spaces = sorted({COLOUR_VIEWS[view][0] for view in self.views})
+        self.converters = {space: transforms.Compose([ColourConversion(space, use_skimage=True),
+                                                      transforms.ToTensor(), transforms.Normalize(*VIEW_STATS[space])])
+                           for space in spaces}
+
+    def __call__(self, img):
+        converted = {space: convert(img) for space, convert in self.converters.items()}   # 3 x H x W float64 each
+        parts = [converted[COLOUR_VIEWS[view][0]][list(COLOUR_VIEWS[view][1])] for view in self.views]
+        return torch.cat(parts)                                                           # sum(C_v) x H x W
+
+    def __repr__(self):
+        return f"{type(self).__name__}(views={self.views})"
+
+
+def reference_views_transform(image_size=224, crop_low=0.2, views=('L', 'ab')):
+    """``--color_on_cpu``: the reference's per-image CPU pipeline for CMC's named views: torchvision's
+    RandomResizedCrop and flip on the PIL image (the same draws as ``cmc_train_transform(fast=False)``), then
+    ``ReferenceViewStack``. Views that are one colour space's channels in order (L ab, Y CbCr) get exactly
+    ``reference_cmc_transform``, the reference's transform; any other set of colour views (``--views L ab S``)
+    converts each space it needs the same way. Returns float64 sum(C_v) x H x W."""
+    views = tuple(views)
+    stack = ReferenceViewStack(views)                      # refuses views it cannot convert
+    picked = [(COLOUR_VIEWS[view][0], channel) for view in views for channel in COLOUR_VIEWS[view][1]]
+    if len(stack.converters) == 1 and [channel for _, channel in picked] == [0, 1, 2]:
+        return reference_cmc_transform(image_size, crop_low, picked[0][0])
+    return transforms.Compose([transforms.RandomResizedCrop(image_size, scale=(crop_low, 1.0)),
+                               transforms.RandomHorizontalFlip(), stack])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ The seed README's recipes run as they are, e.g.
     # AlexNet on one GPU
     python train_CMC.py --batch_size 256 --num_workers 36 \
         --data_folder /path/to/imagenet --model_path /path/to/save --tb_path /path/to/tensorboard
-    # ResNet-50 v1 as the seed README ran it (one process; it used DataParallel over 4 GPUs, we use one GPU)
-    python train_CMC.py --model resnet50v1 --batch_size 128 --num_workers 24 \
+    # ResNet-50 v1 as the seed README ran it: one process drives the 4 GPUs with DataParallel, as the reference did
+    CUDA_VISIBLE_DEVICES=0,1,2,3 python train_CMC.py --model resnet50v1 --batch_size 128 --num_workers 24 \
         --data_folder /path/to/imagenet --model_path /path/to/save --tb_path /path/to/tensorboard
     # the same global batch on 4 GPUs with DDP: --batch_size is per process (4 x 32), so the run is named bsz_32
     torchrun --nproc_per_node 4 train_CMC.py --model resnet50v1 --batch_size 32 --num_workers 6 \
@@ -19,9 +19,11 @@ On a laptop CPU, with the bundled demo data:
         --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
 
+from types import SimpleNamespace
+
 import cmc_views
-from colour import ViewStack
-from dataset import GRAYSCALE_DATASETS, cmc_train_transform
+from colour import COLOUR_VIEWS, PrenormalisedViews, ViewStack
+from dataset import GRAYSCALE_DATASETS, cmc_train_transform, reference_views_transform
 from engine import flags
 from engine.checkpoint import RunFolder
 from engine.data import build_split, check_colour, check_sizes, make_loader
@@ -54,6 +56,9 @@ def parse_option(argv=None):
     if opt.dataset in GRAYSCALE_DATASETS:
         raise UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view or " ".join(opt.views)} colour '
                         f'views to split; use train_moco_ins.py, or a colour data set')
+    if opt.color_on_cpu and opt.dataset == 'multiview_folder':
+        raise UserError(f'--color_on_cpu converts colour views of one RGB image ({" ".join(COLOUR_VIEWS)}) as the '
+                        f'reference did; --dataset multiview_folder reads its views from files: drop --color_on_cpu')
     if opt.dataset == 'imagenet' and opt.model != 'alexnet':
         opt.crop_low = 0.08
     opt.method = 'softmax' if opt.softmax else 'nce'
@@ -68,7 +73,23 @@ def parse_option(argv=None):
 def main(argv=None):
     opt = parse_option(argv)
     rt = setup_runtime(opt)
-    train_set = build_split(opt, 'pretrain', cmc_train_transform(opt.image_size, opt.crop_low))
+    parts = build(opt, rt)
+    run = RunFolder(f'{opt.model_path}/{opt.model_name}')
+    Fit(opt, rt, run, parts.loader, parts.saved, parts.stepper, parts.logged, flags.command_line(__file__, argv))()
+
+
+def train_transform(opt):
+    """The loader's per-image transform: uint8 crops (colour on the device), or with --color_on_cpu the
+    reference's crops converted and normalised per image (float64 views, ``dataset.reference_views_transform``)."""
+    if opt.color_on_cpu:
+        return reference_views_transform(opt.image_size, opt.crop_low, opt.views)
+    return cmc_train_transform(opt.image_size, opt.crop_low)
+
+
+def build(opt, rt):
+    """Everything a run needs but its folder: a namespace of loader, saved (Checkpointed), stepper, logged, and
+    ``train_view`` (the module that turns a loader batch into the encoders' input; tests hook it)."""
+    train_set = build_split(opt, 'pretrain', train_transform(opt))
     n_data = len(train_set)
     check_sizes(opt, n_data, nce_k=opt.nce_k if opt.objective == 'contrastive' else None)
     check_colour(train_set, opt.view or opt.views, rt.print,      # named as typed: --view Lab, or --views ...
@@ -77,19 +98,23 @@ def main(argv=None):
     loader = make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
     opt.view_channels = cmc_views.channels_of(opt.views, train_set)    # stored with opt: the probe rebuilds from it
+    # uint8 -> normalised views on the device: the kNN monitor's input always, training's unless --color_on_cpu
     view = ViewStack(opt.views, getattr(train_set, 'file_channels', None)).to(rt.device)
+    train_view = PrenormalisedViews(sum(opt.view_channels)) if opt.color_on_cpu else view
     keys = cmc_views.key_names(opt.views)
     encoder = rt.place(build_cmc_model(opt.model, opt.feat_dim, opt.view_channels, keys))
     method, step, fields = (build_contrast if opt.objective == 'contrastive' else build_predictive)(
-        opt, rt, encoder, keys, n_data, view)
+        opt, rt, encoder, keys, n_data, train_view)
+    if opt.compile:
+        method.compile_encoders()
     stepper = Stepper(step=step, train_modules=[method],
                       set_lr=lambda epoch, step, n: adjust_learning_rate(epoch, opt, optimizer))
     optimizer = sgd(method, opt)
     logged = Logged(fields=fields, tags=[(key, key) for key, _ in fields if key != 'loss'], tb_name=opt.model_name,
                     evaluators=[knn_monitor(opt, rt, lambda images: method.features(view(images)), [encoder])])
     saved = Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS)
-    run = RunFolder(f'{opt.model_path}/{opt.model_name}')
-    Fit(opt, rt, run, loader, saved, stepper, logged, flags.command_line(__file__, argv))()
+    return SimpleNamespace(loader=loader, saved=saved, stepper=stepper, logged=logged, train_view=train_view,
+                           method=method)
 
 
 def build_contrast(opt, rt, encoder, keys, n_data, view):

@@ -15,7 +15,7 @@ On a laptop CPU, with the bundled demo data (resnet18 is this project's small ad
     python train_moco_ins.py --dataset demo --image_size 64 --model resnet18 --batch_size 64 --nce_k 1024 \
         --softmax --moco --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
-from dataset import DeviceView, moco_train_transform
+from dataset import DeviceView, PrenormalisedViews, moco_train_transform
 from engine import flags
 from engine.checkpoint import RunFolder
 from engine.data import build_split, check_sizes, make_loader
@@ -70,12 +70,22 @@ def parse_option(argv=None):
     return opt
 
 
+def check_data_parallel_splits(batch_size, n_gpus, splits):
+    """Under DataParallel each GPU's key encoder sees batch_size / n_gpus images, which its split BatchNorm divides
+    again: both divisions must be exact (else SplitBatchNorm2d fails in the first step)."""
+    if n_gpus > 1 and splits > 1 and (batch_size % n_gpus or (batch_size // n_gpus) % splits):
+        raise UserError(f'--batch_size {batch_size} on {n_gpus} GPUs (DataParallel) gives each GPU '
+                        f'{batch_size / n_gpus:g} images, which --shuffle_bn_splits {splits} cannot split evenly: '
+                        f'choose a --batch_size divisible by {n_gpus * splits}')
+
+
 def build_method(opt, rt, n_data):
     """InsDis, or MoCo with --moco, on a ResNet placed on the device; every process starts from rank 0's copy."""
     encoder = rt.place(build_ins_model(opt.model, opt.feat_dim))
     if opt.moco:
         method = MoCo(encoder, opt.feat_dim, n_data, opt.nce_k, opt.nce_t, opt.softmax, z_momentum=opt.z_momentum,
                       alpha=opt.alpha)
+        check_data_parallel_splits(opt.batch_size, rt.n_data_parallel, opt.shuffle_bn_splits)
         # Split BatchNorm shares the key encoder's tensors and state-dict keys: the state is the same either way.
         convert_split_batchnorm(method.encoder_k, opt.shuffle_bn_splits)
         rt.print(shuffle_bn_mode(rt.world_size, rt.n_data_parallel, opt.shuffle_bn_splits))
@@ -91,21 +101,24 @@ def build_method(opt, rt, n_data):
 def main(argv=None):
     opt = parse_option(argv)
     rt = setup_runtime(opt)
-    train_set = build_split(opt, 'pretrain', moco_train_transform(opt.image_size, opt.crop, opt.aug),
-                            two_crop=opt.moco)
+    transform = moco_train_transform(opt.image_size, opt.crop, opt.aug, color_on_cpu=opt.color_on_cpu)
+    train_set = build_split(opt, 'pretrain', transform, two_crop=opt.moco)
     n_data = len(train_set)
     check_sizes(opt, n_data, nce_k=opt.nce_k)
     rt.print(f'number of samples: {n_data}')
     loader = make_loader(train_set, opt, rt, seed=opt.seed or 0)
 
-    view = DeviceView('RGB').to(rt.device)
+    view = DeviceView('RGB').to(rt.device)     # uint8 -> normalised RGB: training's unless --color_on_cpu, and kNN's
+    train_view = PrenormalisedViews(6 if opt.moco else 3) if opt.color_on_cpu else view
     method = build_method(opt, rt, n_data)
+    if opt.compile:
+        method.compile_encoders()
     criterion = contrast_criterion(opt.softmax, n_data)
     optimizer = sgd(method.encoder, opt)
 
     def step(batch):
         images, _, index = batch
-        x = view(images.to(rt.device, non_blocking=True))        # B x 3 (x2 for MoCo) x H x W
+        x = train_view(images.to(rt.device, non_blocking=True))  # B x 3 (x2 for MoCo) x H x W
         if opt.moco:
             out = method(x[:, :3], x[:, 3:])                      # B x (K+1)
         else:
@@ -126,7 +139,7 @@ def main(argv=None):
     logged = Logged(fields=[('loss', 'loss'), ('prob', 'prob')],
                     tags=[('loss', 'ins_loss'), ('prob', 'ins_prob'), ('learning_rate', 'learning_rate')],
                     tb_name=opt.model_name,
-                    evaluators=[knn_monitor(opt, rt, lambda images: method.encoder(view(images)), [method.encoder])])
+                    evaluators=[knn_monitor(opt, rt, lambda images: method.features(view(images)), [method.encoder])])
     saved = Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS)
     run = RunFolder(f'{opt.model_path}/{opt.model_name}')
     Fit(opt, rt, run, loader, saved, stepper, logged, flags.command_line(__file__, argv))()

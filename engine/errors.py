@@ -24,19 +24,28 @@ class TrainingStopped(Exception):
 
 def run_main(main, argv=None):
     """Run a script's ``main`` so that user errors end as one clear line and a non-zero exit, never a traceback."""
+    code = 0
     try:
         main(argv)
     except UserError as e:
         if os.environ.get('LOCAL_RANK', '0') == '0':     # under torchrun once per node: all processes raise it
             print(f'error: {one_line(e)}', file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except TrainingStopped as e:
         if str(e):
             print(str(e), file=sys.stderr)
-        sys.exit(e.exit_code)
+        code = e.exit_code
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+            if code:
+                # Ending early under torchrun, the interpreter's teardown (DDP's reducer and gloo's threads freed
+                # after their group) took ~40 s, past the agent's 30 s before SIGKILL: exit now, all said and saved.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    if code:
+        sys.exit(code)
 
 
 def one_line(error):

@@ -86,6 +86,18 @@ def add_pretrain_flags(parser, *, model_default, model_choices):
     p.add_argument('--knn_freq', type=int, default=None,
                    help='run the weighted kNN monitor (k=200, t=0.07) every N epochs when a labelled val split '
                    'exists; 0 turns it off; default 1, or 0 for imagenet/imagenet100 (a full pass over the data)')
+    p.add_argument('--color_on_cpu', action='store_true',
+                   help='the reference\'s input path, for comparisons: each loader worker converts its crops one at '
+                   'a time (scikit-image in float64 for Lab / YCbCr / HSV views, then ToTensor and Normalize) and '
+                   'the batch is only cast to float32, instead of uint8 crops converted batched on the device. Same '
+                   'numbers within 1e-4 of the range, and far slower: tens of workers per GPU. Colour views of '
+                   'one RGB image only (not --dataset multiview_folder); the kNN monitor still converts on the '
+                   'device')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile the encoders, in place (checkpoint keys unchanged). Off by default: on a '
+                   '2-core CPU (bench/README.md) the resnet18v1 step was no faster and the first step took ~75 s '
+                   'of compiling; a GPU may gain. Each new input shape or mode (the kNN monitor runs eager) '
+                   'compiles again. CMC_COMPILE_BACKEND picks the backend (default inductor)')
     add_amp_flags(p)
 
 
@@ -104,8 +116,9 @@ def add_probe_flags(parser, *, model_default, model_choices, layer=6):
     p.add_argument('--cache_features', action='store_true',
                    help='compute the frozen features once, without augmentation, and train the linear layer on '
                    'them (much faster; the reference re-ran the encoder with augmentation every epoch). Kept in '
-                   'host memory as float16, each torchrun process its own 1/W share: N x C x 2 bytes / W, e.g. '
-                   'ImageNet (1.28M images) at AlexNet layer 5 (256 x 6 x 6): 23.6 GB / W per node-wide total')
+                   'host memory as float16; under torchrun each of the W processes holds its 1/W share. Peak host '
+                   'memory of the cache: N x C x 2 bytes in all, e.g. ImageNet (1.28M images) at AlexNet layer 5 '
+                   '(256 x 6 x 6): 23.6 GB in all, 23.6 / W GB per process')
 
 
 def parse_epochs(text):

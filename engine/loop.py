@@ -21,13 +21,22 @@ from engine.runtime import rng_state, set_rng_state, unwrap
 
 
 class StopSignal:
-    """Turns SIGTERM / SIGINT into a flag the epoch loop checks after each step (a scheduler's pre-emption)."""
+    """Turns SIGTERM / SIGINT into a flag the epoch loop checks after each step (a scheduler's pre-emption).
+
+    ``signum`` is this process's signal, set by the handler at any moment. Under torchrun the processes must stop
+    after the same step (one stopping alone would leave the others waiting in DDP's all-reduce), so there the loop
+    decides on ``agreed_signum`` only, which collectives set identically in every process: ``poll`` after each step
+    (a vote sent without waiting and read one step later, on a gloo group: no host sync with the GPU) and ``agreed``
+    at the epoch's end. torchrun's agent kills 30 s after its SIGTERM; stopping waits at most one more step.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signum = None
+        self.agreed_signum = None
         self._old = {}
+        self._vote = None                  # (async work, CPU tensor) of the vote sent after the previous step
 
     def __enter__(self):
         for s in self.SIGNALS:
@@ -42,6 +51,9 @@ class StopSignal:
     def __exit__(self, *exc):
         for s, old in self._old.items():
             signal.signal(s, old)
+        if self._vote is not None:             # left in flight by an error: a pending collective hangs the exit
+            self._vote[0].wait()
+            self._vote = None
         return False
 
     @property
@@ -51,16 +63,40 @@ class StopSignal:
     def adopt(self, votes):
         """Take the signal any process got (votes: how many processes got each of SIGNALS)."""
         got = [s for s, n in zip(self.SIGNALS, votes) if n > 0]
-        self.signum = got[0] if got else None
+        if got and self.agreed_signum is None:
+            self.agreed_signum = self.signum = got[0]
+
+    def _my_votes(self):
+        return torch.tensor([self.signum == s for s in self.SIGNALS], dtype=torch.float32)
+
+    def poll(self, rt):
+        """After each step: whether to stop now. One process: its own signal. Under torchrun: read the vote sent
+        after the previous step (all processes read the same sum), then send this step's."""
+        if not rt.distributed:
+            return self.requested
+        self.collect()
+        if self.agreed_signum is None:
+            votes = self._my_votes()
+            self._vote = (dist.all_reduce(votes, group=rt.signal_group, async_op=True), votes)
+        return self.agreed_signum is not None
+
+    def collect(self):
+        """Read the vote in flight, if any (every process at the same point)."""
+        if self._vote is not None:
+            work, votes = self._vote
+            work.wait()
+            self._vote = None
+            self.adopt(votes.tolist())
 
     def agreed(self, rt):
-        """Whether to stop now. In a multi-process run every process must stop after the same step (one stopping
-        alone would leave the others waiting in DDP's all-reduce), so any process's signal counts for all."""
-        if rt.distributed:
-            votes = torch.tensor([self.signum == s for s in self.SIGNALS], dtype=torch.float32, device=rt.device)
-            dist.all_reduce(votes)                                        # how many processes got each signal
-            self.adopt(votes.tolist())
-        return self.requested
+        """Whether to stop now (a collective under torchrun: every process calls it at the same point)."""
+        if not rt.distributed:
+            return self.requested
+        self.collect()
+        votes = self._my_votes()
+        dist.all_reduce(votes, group=rt.signal_group)                    # how many processes got each signal
+        self.adopt(votes.tolist())
+        return self.agreed_signum is not None
 
 
 @dataclass
@@ -81,8 +117,7 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
     No host synchronisation inside a step: each step's loss and metrics stay on the device (`Readings`) and are read
     in one copy every ``print_freq`` steps, at the epoch's last step and before stopping; the non-finite check then
     names the first bad step, and it runs before `Fit` can save anything. A signal: one process stops after the
-    current step; under torchrun the processes agree at the next read point (at most print_freq - 1 steps later),
-    so that they all stop after the same step without a collective in every step.
+    current step; under torchrun the processes agree one step later (``StopSignal.poll``), all after the same step.
 
     Returns ``(meters, steps_done)``; steps_done < steps per epoch means a signal stopped the epoch.
     """
@@ -106,17 +141,18 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
             stepper.after_step()
         readings.add(result)
         step += 1
-        read_point = step % opt.print_freq == 0 or step == n_batches
-        if read_point or (stop.requested and not rt.distributed):
-            readings.read_into(meters, stop)       # the one host sync of these steps; raises on a non-finite loss
+        stopping = stop.poll(rt)
+        if step % opt.print_freq == 0 or step == n_batches or stopping:
+            readings.read_into(meters)             # the one host sync of these steps; raises on a non-finite loss
         meters['BT'].update(time.time() - end)
         end = time.time()
         if rt.is_main and (step % opt.print_freq == 0):
             print(f'Train: [{epoch}][{step}/{n_batches}]\tBT {meters["BT"].val:.3f} ({meters["BT"].avg:.3f})\t'
                   f'DT {meters["DT"].val:.3f} ({meters["DT"].avg:.3f})\t' + format_meters(meters, fields), flush=True)
-        if stop.requested and (read_point or not rt.distributed):   # under torchrun agreed by read_into
+        if stopping:
             break
-    readings.read_into(meters, stop)           # nothing pending unless the loader ran short
+    readings.read_into(meters)                 # nothing pending unless the loader ran short
+    stop.collect()                             # the last step's vote: no collective left in flight at the epoch's end
     return meters, step
 
 
@@ -125,8 +161,7 @@ class Readings:
     print_freq of them), read in one device-to-host copy.
 
     In a multi-process run one all_reduce per read carries every pending step's loss (summed, so a non-finite loss in
-    any process stops all of them at the same read), the metrics (averaged over processes) and the signal votes (so
-    every process stops after the same step: one stopping alone would leave the others waiting in DDP's all-reduce).
+    any process stops all of them at the same read) and the metrics (averaged over processes).
     """
 
     def __init__(self, fields, rt, epoch, n_batches, start_step):
@@ -142,13 +177,13 @@ class Readings:
         self.pending.append(torch.cat(parts))
         self.batch_sizes.append(result.batch_size)
 
-    def read_into(self, meters, stop):
+    def read_into(self, meters):
         """Read the pending steps into ``meters`` (one update per step, as if read each step); raise TrainingStopped
-        naming the first step whose loss is not finite. Under torchrun also agree on stop signals (a collective:
-        every process reads at the same steps)."""
-        if not self.pending and not self.rt.distributed:
+        naming the first step whose loss is not finite. Under torchrun a collective: every process reads at the same
+        steps."""
+        if not self.pending:                   # the same in every process: all skip the collective
             return
-        values, n_steps = self._gather(stop)
+        values, n_steps = self._gather()
         for offset, row in enumerate(values[:n_steps]):
             if not math.isfinite(row[0]):     # every process sees the same sum: all stop here, one says why
                 raise TrainingStopped(non_finite_message(row[0], self.epoch, self.first_step + offset + 1,
@@ -158,18 +193,16 @@ class Readings:
         self.first_step += n_steps
         self.pending, self.batch_sizes = [], []
 
-    def _gather(self, stop):
-        """(rows as Python lists, number of step rows): one copy; under torchrun one all_reduce with the votes."""
+    def _gather(self):
+        """(rows as Python lists, number of step rows): one copy; under torchrun one all_reduce."""
         width = 1 + len(self.fields)
         device = self.pending[0].device if self.pending else self.rt.device
         rows = torch.stack(self.pending) if self.pending else torch.zeros(0, width, device=device)
         if not self.rt.distributed:
             return rows.tolist(), len(self.pending)
-        votes = torch.tensor([stop.signum == s for s in stop.SIGNALS], dtype=torch.float32, device=device)
-        flat = torch.cat([rows.reshape(-1), votes])
+        flat = rows.reshape(-1).clone()
         dist.all_reduce(flat)
         host = flat.tolist()
-        stop.adopt(host[rows.numel():])
         table = [host[i * width:(i + 1) * width] for i in range(len(self.pending))]
         for row in table:
             row[1:] = [value / self.rt.world_size for value in row[1:]]
@@ -413,11 +446,11 @@ class Fit:
         for key, tag in self.logged.tags:
             value = self.saved.optimizer.param_groups[0]['lr'] if key == 'learning_rate' else meters[key].avg
             self.tb.log_value(tag, value, epoch)
+        self.rt.broadcast_norm_buffers(*self.saved.modules.values())   # evaluate and save rank 0's model
         for evaluate in self.logged.evaluators:
             self._take(evaluate(epoch, meters), epoch)
         rngs = self.rng_states()
-        if self.writer:
-            self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq)
+        self._save_everywhere(lambda: self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq))
         self.tb.flush()
         if stop.agreed(self.rt):                    # a signal during the epoch-end work
             self._stop(stop, epoch, 0)
@@ -429,8 +462,24 @@ class Fit:
         for tag, value in report.scalars.items():
             self.tb.log_value(tag, value, epoch)
         self.saved.values.update(report.values)
-        if report.save_copy and self.writer:
-            save_checkpoint(self.state(epoch, 0), report.save_copy)
+        if report.save_copy:
+            self._save_everywhere(lambda: save_checkpoint(self.state(epoch, 0), report.save_copy))
+
+    def _save_everywhere(self, save):
+        """Run ``save`` where this process writes checkpoints. A failure (a full disk) ends every process with its
+        one line: under torchrun the others would otherwise wait in the next collective until a timeout."""
+        failure = None
+        if self.writer:
+            try:
+                save()
+            except UserError as e:
+                failure = str(e)
+        if self.rt.distributed:
+            failures = [None] * self.rt.world_size
+            dist.all_gather_object(failures, failure)
+            failure = next((f for f in failures if f is not None), None)
+        if failure is not None:
+            raise UserError(failure)
 
     def _report_skipped(self):
         """--skip_bad_images: say how many files were skipped (counted where they were read: with --num_workers 0
@@ -444,8 +493,7 @@ class Fit:
         """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
         path = os.path.join(self.run.path, 'current.pth')
         rngs = self.rng_states()
-        if self.writer:
-            save_checkpoint(self.state(epochs_done, resume_step, rngs), path)
+        self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path))
         self.tb.close()
         argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
         while rest:

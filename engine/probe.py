@@ -18,7 +18,7 @@ from engine.schedule import adjust_learning_rate, cosine_learning_rate, warmup_f
 
 FIELDS = [('loss', 'Loss'), ('acc1', 'Acc@1'), ('acc5', 'Acc@5')]
 # Flags that fix what a probe checkpoint means (the classifier's input, its optimizer state, the batches done).
-FIXED_FLAGS = ('model', 'layer', 'view', 'bn', 'adam', 'batch_size', 'dataset', 'model_path')
+FIXED_FLAGS = ('model', 'layer', 'view', 'probe_views', 'bn', 'adam', 'batch_size', 'dataset', 'model_path')
 
 
 @dataclass
@@ -112,12 +112,20 @@ def _features_and_targets(frozen, data, opt, rt, rows=None):
     in one process) through the frozen encoder, kept in host memory as float16 (half the memory; the features are
     normalised by --bn or used by a linear layer, where float16's 3 significant digits do not show). ``rows``: keep
     only the first ``rows`` (every process then steps through the same number of batches). Returns
-    (n x C [x H x W] float16 features, n targets)."""
-    feats, targets = [], []
-    for x, t, _ in eval_loader(data, opt, rt, shard=True):
-        feats.append(frozen(x).to('cpu', torch.float16))
+    (n x C [x H x W] float16 features, n targets). Each batch is copied into one preallocated tensor, so the peak
+    is the cache itself (a list of batches joined by torch.cat would need twice that)."""
+    loader = eval_loader(data, opt, rt, shard=True)
+    feats, targets, filled = None, [], 0
+    for x, t, _ in loader:
+        batch = frozen(x).to('cpu', torch.float16)                                   # b x C [x H x W]
+        if feats is None:
+            feats = torch.empty((len(loader.sampler), *batch.shape[1:]), dtype=torch.float16)
+        feats[filled:filled + len(batch)] = batch
+        filled += len(batch)
         targets.append(torch.as_tensor(t))
-    return torch.cat(feats)[:rows], torch.cat(targets).tolist()[:rows]
+    if feats is None:                                     # a share with no images (more processes than images)
+        return torch.empty(0, dtype=torch.float16), []
+    return feats[:filled][:rows], torch.cat(targets).tolist()[:rows]
 
 
 def _batched(pairs, batch_size):

@@ -1,4 +1,4 @@
-"""The runtime: device choice, the torchrun process group, mixed precision, seeds and RNG state."""
+"""The runtime: device choice, the torchrun process group, mixed precision, --compile, seeds and RNG state."""
 import os
 import random
 from contextlib import nullcontext
@@ -22,6 +22,9 @@ class Runtime:
     n_data_parallel: int = 1                   # GPUs one process drives through nn.DataParallel (1: none)
     amp_dtype: torch.dtype = None
     scaler: torch.amp.GradScaler = field(default=None, repr=False)
+    # Where processes vote on stopping each step: a gloo group, so the vote is a CPU message that never waits on the
+    # GPU's stream (None: the default group, already gloo on the CPU).
+    signal_group: object = field(default=None, repr=False)
 
     @property
     def distributed(self):
@@ -52,10 +55,12 @@ class Runtime:
         """
         return model.to(self.device, memory_format=torch.channels_last)
 
-    def wrap(self, model, sync_bn=False):
+    def wrap(self, model, sync_bn=False, unused_parameters=False):
         """Wrap a trained model: DDP under torchrun, nn.DataParallel when one process drives several GPUs (the
         reference's recipes; each GPU runs a replica on its slice of the batch, the outputs are gathered on the
-        first GPU, where memory banks, queue and losses stay), the model itself otherwise."""
+        first GPU, where memory banks, queue and losses stay), the model itself otherwise.
+        ``unused_parameters``: some parameters get no gradient in every step (the predictive baseline never uses
+        the encoders' heads); DDP then has to look for them, or it stops at the second step."""
         if self.n_data_parallel > 1:                                       # device_ids[0] is self.device
             return nn.DataParallel(AutocastIn(model, self), device_ids=list(range(self.n_data_parallel)))
         if not self.distributed:
@@ -63,7 +68,17 @@ class Runtime:
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == 'cuda' else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused_parameters)
+
+    def broadcast_norm_buffers(self, *modules):
+        """Give every process rank 0's BatchNorm running statistics. DDP re-broadcasts them before each forward, so
+        after an epoch's last step each process holds its own: evaluating or saving then would mix encoders."""
+        if self.distributed:
+            for module in modules:
+                for m in unwrap(module).modules():
+                    if isinstance(m, nn.modules.batchnorm._NormBase):
+                        for tensor in m.buffers():
+                            dist.broadcast(tensor.data, src=0)
 
     def broadcast(self, module):
         """Give every process rank 0's parameters and buffers (a memory bank or key encoder not under DDP)."""
@@ -122,13 +137,14 @@ def unwrap(model):
     return model
 
 
-def choose_parallel(n_visible_gpus, world_size, gpu_flag=None, device_flag='auto'):
+def choose_parallel(n_visible_gpus, world_size, gpu_flag=None, device_flag='auto', torchrun=False):
     """How a script uses the machine, as a pure function of what it sees (tested on the CPU):
-    'ddp' when torchrun started several processes (WORLD_SIZE > 1); 'dataparallel' when one process sees several
-    GPUs and was neither pinned to one (--gpu N) nor sent to the CPU (--device cpu); 'single' otherwise."""
+    'ddp' when torchrun started several processes (WORLD_SIZE > 1); 'dataparallel' when one process that torchrun
+    did not start sees several GPUs and was neither pinned to one (--gpu N) nor sent to the CPU (--device cpu);
+    'single' otherwise (torchrun --nproc_per_node 1 included: one process per GPU is what torchrun asks for)."""
     if world_size > 1:
         return 'ddp'
-    if device_flag == 'cpu' or gpu_flag is not None or n_visible_gpus < 2:
+    if torchrun or device_flag == 'cpu' or gpu_flag is not None or n_visible_gpus < 2:
         return 'single'
     return 'dataparallel'
 
@@ -138,11 +154,15 @@ def setup_runtime(opt):
     use_cuda = _wants_cuda(opt.device, opt.gpu)
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank, local_rank = 0, 0
+    torchrun = 'TORCHELASTIC_RUN_ID' in os.environ or 'LOCAL_RANK' in os.environ
+    _check_gpu_flag(opt.gpu, use_cuda, torchrun)
+    signal_group = None
     if world_size > 1:
         rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+        signal_group = dist.new_group(backend='gloo') if use_cuda else None
     choose_seed(opt, rank, world_size)
     if use_cuda:
         index = local_rank if world_size > 1 else (opt.gpu or 0)
@@ -156,13 +176,33 @@ def setup_runtime(opt):
     # The scaler only matters for float16; disabled it is a no-op, so the step code is the same either way.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     n_gpus = torch.cuda.device_count() if use_cuda else 0
-    mode = choose_parallel(n_gpus, world_size, opt.gpu, opt.device)
+    mode = choose_parallel(n_gpus, world_size, opt.gpu, opt.device, torchrun)
     rt = Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank, amp_dtype=amp_dtype,
-                 scaler=scaler, n_data_parallel=n_gpus if mode == 'dataparallel' else 1)
+                 scaler=scaler, n_data_parallel=n_gpus if mode == 'dataparallel' else 1, signal_group=signal_group)
     if mode == 'dataparallel':
         rt.print(f'using {n_gpus} GPUs in one process (nn.DataParallel, as the reference; memory bank, queue and '
                  f'losses on cuda:0); torchrun --nproc_per_node {n_gpus} (DDP) is faster, and --gpu N uses one GPU')
     return rt
+
+
+# torch.compile's backend for --compile. inductor generates kernels (C++ on the CPU: ~75 s for resnet18v1);
+# aot_eager traces the same graphs, forward and backward, and runs them with eager kernels (what tests use: seconds).
+COMPILE_BACKEND_ENV = 'CMC_COMPILE_BACKEND'
+
+
+def compile_in_place(module):
+    """``torch.compile`` ``module`` in place (``nn.Module.compile``) and return it. In place, not
+    ``torch.compile(module)``: a wrapper would add ``_orig_mod.`` to every state-dict key, so checkpoints would change
+    and resume break; here keys, parameters and optimizer state are the module's own. Compiling happens at the
+    first call (and again for each new input shape or train/eval mode). Backend: $CMC_COMPILE_BACKEND, default
+    inductor; an unknown name is a UserError."""
+    backend = os.environ.get(COMPILE_BACKEND_ENV) or 'inductor'
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(f'{COMPILE_BACKEND_ENV}={backend!r} is not a torch.compile backend; choose one of '
+                        f'{", ".join(sorted(known))}')
+    module.compile(backend=backend)
+    return module
 
 
 def choose_seed(opt, rank=0, world_size=1):
@@ -175,6 +215,18 @@ def choose_seed(opt, rank=0, world_size=1):
     if world_size > 1:
         dist.broadcast_object_list(holder, src=0)
     opt.seed = holder[0]                       # said by the fit driver, once it knows whether the run resumes
+
+
+def _check_gpu_flag(gpu, use_cuda, torchrun):
+    """--gpu N names a GPU this process can see, and is not given under torchrun (each process takes LOCAL_RANK)."""
+    if gpu is None:
+        return
+    if torchrun:
+        raise UserError(f'--gpu {gpu} with torchrun: each process uses the GPU of its LOCAL_RANK; drop --gpu (choose '
+                        f'the GPUs with CUDA_VISIBLE_DEVICES)')
+    if use_cuda and not 0 <= gpu < torch.cuda.device_count():
+        raise UserError(f'--gpu {gpu}: this process sees {torch.cuda.device_count()} GPU(s), numbered from 0 '
+                        f'(CUDA_VISIBLE_DEVICES renumbers them)')
 
 
 def _wants_cuda(device, gpu):

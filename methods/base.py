@@ -1,7 +1,17 @@
 """What the three methods share: how the trained encoder runs (DDP wrapper, autocast) once the runtime is known."""
 from contextlib import nullcontext
 
+import torch
 from torch import nn
+
+from engine.errors import UserError
+from engine.runtime import compile_in_place
+
+
+def eager():
+    """A context in which modules compiled by ``--compile`` run their eager forward: the kNN monitor's eval mode and
+    batch shapes would otherwise each compile anew (a minute or more on a CPU) for a pass every few epochs."""
+    return torch.compiler.set_stance('force_eager')
 
 
 class ContrastMethod(nn.Module):
@@ -31,3 +41,24 @@ class ContrastMethod(nn.Module):
     def checkpoint_modules(self):
         """The checkpoint's entries, under the reference's keys."""
         return {'model': self.encoder, 'contrast': self.contrast}
+
+    def encoders(self):
+        """The networks ``--compile`` compiles: the trained encoder (MoCo adds its key encoder)."""
+        return [self.encoder]
+
+    def compile_encoders(self):
+        """``--compile``: each of ``encoders()`` compiled in place (``engine.runtime.compile_in_place``), so the
+        state-dict keys and checkpoints do not change; the wrappers of ``set_runtime`` hold the same modules.
+        UserError under nn.DataParallel: its replicas copy the compiled function, which stays bound to the original
+        module on the first GPU."""
+        if self._runtime and self._runtime[0].n_data_parallel > 1:
+            raise UserError('--compile does not work with one process driving several GPUs (nn.DataParallel); '
+                            'use torchrun --nproc_per_node N (DDP), or --gpu N for one GPU')
+        for encoder in self.encoders():
+            compile_in_place(encoder)
+        return self
+
+    def features(self, x):
+        """The encoder's features of normalised views x, run eagerly (the kNN monitor's input)."""
+        with eager():
+            return self.encoder(x)

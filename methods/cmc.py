@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from NCE.NCEAverage import MultiviewContrast, contrast_view_pairs
 from models.predictive import CrossViewPredictor
 
-from .base import ContrastMethod
+from .base import ContrastMethod, eager
 
 
 class CMC(ContrastMethod):
@@ -31,8 +31,9 @@ class CMC(ContrastMethod):
         return self.contrast([f.float() for f in feats], index)             # B x (K+1) x 1 each
 
     def features(self, x):
-        """Unit-norm features of every view, concatenated (B x MD): what the kNN monitor compares."""
-        return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
+        """Unit-norm features of every view, concatenated (B x MD): what the kNN monitor compares (run eagerly)."""
+        with eager():
+            return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
 
 
 class CrossViewPrediction(ContrastMethod):
@@ -62,11 +63,12 @@ class CrossViewPrediction(ContrastMethod):
         return self._runtime[1] if self._runtime else self.predictor
 
     def set_runtime(self, rt):
-        object.__setattr__(self, '_runtime', (rt, rt.wrap(self.predictor)))
+        object.__setattr__(self, '_runtime', (rt, rt.wrap(self.predictor, unused_parameters=True)))  # heads unused
         return self
 
     def features(self, x):
-        return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
+        with eager():
+            return torch.cat([F.normalize(f, dim=1) for f in self.encoder(x)], dim=1)
 
     def checkpoint_modules(self):
         return {'model': self.encoder, 'decoders': self.predictor.decoders}

@@ -77,6 +77,9 @@ class MoCo(ContrastMethod):
     def checkpoint_modules(self):
         return {'model': self.encoder, 'model_ema': self.encoder_k, 'contrast': self.contrast}
 
+    def encoders(self):
+        return [self.encoder, self.encoder_k]
+
 
 def average_float_buffers(module):
     """All-reduce-average ``module``'s floating-point buffers (BatchNorm running mean and variance) over the

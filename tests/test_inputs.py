@@ -310,3 +310,15 @@ def test_class_names_that_differ_in_case_are_named(tmp_path, random_encoder):
     os.rename(os.path.join(data, 'val', 'class_3'), os.path.join(data, 'val', 'Class_3'))
     with pytest.raises(UserError, match=r"'Class_3' \(train has 'Class_3' / 'class_3': the names differ in case\)"):
         LinearProbing.main(probe(tmp_path, data, random_encoder))
+
+
+def test_a_probe_resume_with_other_probe_views_is_refused(tmp_path, image_folder):
+    # --probe_views fixes the classifier's input (which views' features it reads): resuming a probe of L with ab
+    # would train an L-shaped classifier on ab features without a word.
+    train_CMC.main(cmc(tmp_path, image_folder, '--seed', '0'))
+    (ckpt,) = glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))
+    LinearProbing.main(probe(tmp_path, image_folder, ckpt, '--epochs', '1', '--probe_views', 'L'))
+    (current,) = glob.glob(str(tmp_path / 'probe' / '*' / 'current.pth'))
+    with pytest.raises(UserError, match=r"--probe_views \['ab'\] \(checkpoint: \['L'\]\)"):
+        LinearProbing.main(probe(tmp_path, image_folder, ckpt, '--epochs', '2', '--probe_views', 'ab',
+                                 '--resume', current))
