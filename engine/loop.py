@@ -474,6 +474,8 @@ class Fit:
                 save()
             except UserError as e:
                 failure = str(e)
+            except OSError as e:                  # not a full disk (that is a UserError): a permission, a lost mount
+                failure = f'could not save a checkpoint in {self.run.path}: {e}'
         if self.rt.distributed:
             failures = [None] * self.rt.world_size
             dist.all_gather_object(failures, failure)

@@ -41,15 +41,20 @@ def _stop_case(rank, rt):
 def _save_case(rank, rt):
     """Rank 0 (the writer) fails to save; both processes must raise the same UserError, none wait."""
 
-    def save():
+    def full_disk():
         raise UserError('could not write current.pth: No space left on device')
 
-    try:
-        Fit._save_everywhere(SimpleNamespace(writer=rank == 0, rt=rt), save)
-        result = 'returned'
-    except UserError as e:
-        result = str(e)
-    return result
+    def no_permission():
+        raise PermissionError(13, 'Permission denied')
+
+    results = []
+    for save in (full_disk, no_permission):
+        try:
+            Fit._save_everywhere(SimpleNamespace(writer=rank == 0, rt=rt, run=SimpleNamespace(path='/runs/r')), save)
+            results.append('returned')
+        except UserError as e:
+            results.append(str(e))
+    return results
 
 
 def _norm_case(rank, rt):
@@ -86,8 +91,9 @@ def test_a_signal_on_one_process_stops_both_after_the_next_step(two_processes):
 
 
 def test_a_failed_save_on_the_writer_ends_every_process_with_its_line(two_processes):
-    assert [r['save'] for r in two_processes] == [
-        'could not write current.pth: No space left on device'] * 2
+    expected = ['could not write current.pth: No space left on device',
+                'could not save a checkpoint in /runs/r: [Errno 13] Permission denied']
+    assert [r['save'] for r in two_processes] == [expected] * 2
 
 
 def test_batchnorm_statistics_become_rank_0s(two_processes):
