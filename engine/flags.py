@@ -87,12 +87,12 @@ def add_pretrain_flags(parser, *, model_default, model_choices):
                    help='run the weighted kNN monitor (k=200, t=0.07) every N epochs when a labelled val split '
                    'exists; 0 turns it off; default 1, or 0 for imagenet/imagenet100 (a full pass over the data)')
     p.add_argument('--color_on_cpu', action='store_true',
-                   help='the reference\'s input path, for comparisons: each loader worker converts its crops one at '
-                   'a time (scikit-image in float64 for Lab / YCbCr / HSV views, then ToTensor and Normalize) and '
-                   'the batch is only cast to float32, instead of uint8 crops converted batched on the device. Same '
-                   'numbers within 1e-4 of the range, and far slower: tens of workers per GPU. Colour views of '
-                   'one RGB image only (not --dataset multiview_folder); the kNN monitor still converts on the '
-                   'device')
+                   help='the reference\'s input path, for comparisons: the loader workers convert each crop on its '
+                   'own (CMC: scikit-image in float64, then ToTensor and Normalize; InsDis/MoCo: ToTensor and '
+                   'Normalize) and the batch is only cast to float32, instead of uint8 crops converted batched on '
+                   'the device. Same numbers within 1e-4 of the range, far slower (the reference needed tens of '
+                   'workers per GPU). CMC: colour views of one RGB image only (not --dataset multiview_folder). The '
+                   'kNN monitor still converts on the device')
     p.add_argument('--compile', action='store_true',
                    help='torch.compile the encoders, in place (checkpoint keys unchanged). Off by default: on a '
                    '2-core CPU (bench/README.md) the resnet18v1 step was no faster and the first step took ~75 s '
