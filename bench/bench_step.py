@@ -4,10 +4,13 @@
    B dot products each; ours, when the bank has at most 4 (K+1) rows, multiplies by the whole bank and picks the
    B x (K+1) logits (`NCE.NCEAverage.score_against_memory`). Shapes: the demo's (N = 1,528, K = 1,024) and an
    ImageNet-size bank (N = 1,281,167, K = 16,384, where ours keeps the reference path).
-2. One SGD step of CMC's two half-width ResNet-18s (resnet18v1) at 64 px, B = 64: conv weights in the default
-   (NCHW) layout, as the reference, against channels-last (`runtime.Runtime.place`), in float32 and under --amp.
+2. One SGD step of a CMC encoder pair (default: the two half-width ResNet-18s, resnet18v1, at 64 px, B = 64): conv
+   weights in the default (NCHW) layout, as the reference, against channels-last (`runtime.Runtime.place`), in
+   float32 and under --amp; then the SUMMARY line: ours (autocast + channels-last) against the reference's float32
+   NCHW step. On CUDA "float32" is PyTorch's default, so cuDNN convolutions may use TF32.
 
     .venv/bin/python bench/bench_step.py [--device cpu|cuda] [--threads N]
+    .venv/bin/python bench/bench_step.py --device cuda --model resnet50v1 --image_size 224 --batch 128 --skip-banks
 """
 import argparse
 import pathlib
@@ -50,13 +53,13 @@ def bench_scores(device, num_rows, K, batch=64, dim=128, repeats=12):
     return reference, ours
 
 
-def bench_model(device, amp_dtype, channels_last, batch=64, repeats=10):
+def bench_model(device, amp_dtype, channels_last, model_name='resnet18v1', size=64, batch=64, repeats=10):
     torch.manual_seed(0)
     rt = runtime.Runtime(device=device, amp_dtype=amp_dtype)
-    model = build_cmc_model('resnet18v1')
+    model = build_cmc_model(model_name)
     model = rt.place(model) if channels_last else model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 64, 64, device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
 
     def step():
         with rt.autocast():
@@ -71,14 +74,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
+    p.add_argument('--model', default='resnet18v1', help='the CMC encoder pair of the step rows')
+    p.add_argument('--image_size', type=int, default=64)
+    p.add_argument('--batch', type=int, default=64)
+    p.add_argument('--skip-banks', action='store_true', help='only the step rows')
     p.add_argument('--smoke', action='store_true', help='a tiny bank and batch, 3 repeats: checks that it runs')
     args = p.parse_args()
     banks = ((('tiny bank', 256, 16),) if args.smoke else
              (('demo bank', 1528, 1024), ('ImageNet bank', 1_281_167, 16384)))
-    sizes = dict(batch=4, repeats=3) if args.smoke else {}
+    banks = () if args.skip_banks else banks
+    sizes = dict(model_name=args.model, size=args.image_size, batch=4 if args.smoke else args.batch)
+    if args.smoke:
+        sizes['repeats'] = 3
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True       # as a run without --seed: autotuned convolutions
     print(f'device {device}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}')
     print('| what | reference path | ours | speed-up |')
     print('|---|---:|---:|---:|')
@@ -92,12 +104,18 @@ def main():
         amp_dtypes.append((torch.bfloat16, 'bfloat16 autocast'))
     elif device.type == 'cuda':
         amp_dtypes.append((torch.float16, 'float16 autocast'))
+    steps = {}
     for amp_dtype, label in amp_dtypes:
-        reference = bench_model(device, amp_dtype, channels_last=False, **sizes)
-        ours = bench_model(device, amp_dtype, channels_last=True, **sizes)
-        print(f'| resnet18v1 SGD step, 64 px, B={sizes.get("batch", 64)}, {label} (NCHW vs channels-last) '
-              f'| {reference * 1e3:.1f} ms '
-              f'| {ours * 1e3:.1f} ms | {reference / ours:.2f}x |', flush=True)
+        reference = steps[label, 'NCHW'] = bench_model(device, amp_dtype, channels_last=False, **sizes)
+        ours = steps[label, 'channels-last'] = bench_model(device, amp_dtype, channels_last=True, **sizes)
+        print(f'| {args.model} SGD step, {args.image_size} px, B={sizes["batch"]}, {label} (NCHW vs channels-last) '
+              f'| {reference * 1e3:.1f} ms | {ours * 1e3:.1f} ms | {reference / ours:.2f}x |', flush=True)
+    if len(amp_dtypes) > 1:
+        label = amp_dtypes[-1][1]
+        reference, ours = steps['float32', 'NCHW'], steps[label, 'channels-last']
+        print(f'SUMMARY: {args.model} step, {label} + channels-last {ours * 1e3:.1f} ms against float32 NCHW '
+              f'{reference * 1e3:.1f} ms: {reference / ours:.2f}x (target >= 1.8x: '
+              f'{"met" if reference >= 1.8 * ours else "NOT met"})')
 
 
 if __name__ == '__main__':

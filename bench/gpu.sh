@@ -1,51 +1,60 @@
 #!/usr/bin/env bash
-# The GPU check. On a machine with a CUDA GPU and this repo's .venv (bash scripts/setup_env.sh --test), from any
-# folder:
-#   bash bench/gpu.sh                 # under 8 minutes on an H100 / H200
-# It prints the GPU and the torch version, then runs, each step under `timeout` and logged to its own file:
-#   1. the test suite on the GPU (TEST_DEVICE=cuda, -k "not slow", stops at its first failure);
-#   2. the four scripts for 2 epochs on the bundled demo data (64 px, --nce_k 1024, --batch_size 64): train_CMC.py,
-#      train_moco_ins.py (InsDis and MoCo), then LinearProbing.py / eval_moco_ins.py on those checkpoints, each in
-#      float32 and with --amp (bfloat16 where the GPU computes it natively), and CMC and MoCo once more with float16
-#      forced (CMC_AMP_DTYPE=float16: autocast float16 with its GradScaler), and MoCo with --shuffle_bn_splits 4
-#      (split BatchNorm in the key encoder);
+# The GPU check. On a machine with a CUDA GPU, from any folder:
+#   bash bench/gpu.sh                 # about 8 minutes on an H200 (BUDGET_S caps it)
+# It prints the GPU and the torch version, then runs, each step under `timeout` and logged to its own file, the most
+# telling first, so that a capped run loses the least:
+#   1. the GPU targets (#14): bench/end_to_end.py (CMC AlexNet, 224 px, 8 loader workers, train_CMC.py end to end:
+#      ours against the reference's per-image scikit-image path, --color_on_cpu) and bench/bench_step.py for
+#      resnet50v1 at 224 px (bf16 autocast + channels-last against float32 NCHW);
+#   2. the four scripts for 2 epochs on the bundled demo data (64 px, --nce_k 1024, --batch_size 64), several at
+#      once (the GPU and the cores have room; these are pass/fail checks, not timings): train_CMC.py and
+#      train_moco_ins.py (InsDis and MoCo) in float32 and with --amp (bfloat16 where the GPU computes it natively),
+#      CMC and MoCo once more with float16 forced (CMC_AMP_DTYPE=float16: autocast float16 with its GradScaler), MoCo
+#      with --shuffle_bn_splits 4 (split BatchNorm in the key encoder), CMC under torchrun --nproc_per_node 1; then
+#      LinearProbing.py / eval_moco_ins.py on those checkpoints;
 #   3. SIGTERM and resume: train_CMC.py for 5 epochs, SIGTERM once it has written current.pth; it must exit with
 #      143 and print "Resume with:", and the same command with --resume auto must finish the run;
-#   4. the benchmarks: bench/bench_step.py, bench/bench_colour.py, bench/bench_sampler.py (--device cuda where the
-#      script takes it) and bench/loader.py if there is one.
-# It ends with one summary: PASS/FAIL, seconds and the key figures per check (and the benchmarks' tables), and exits
-# with 1 if any check failed, 2 if it cannot start (no GPU, no .venv).
+#   4. the tests that take a device (TEST_DEVICE=cuda: the files that use it, stops at its first failure);
+#   5. the other benchmarks: bench/bench_step.py (resnet18v1, memory-bank scores), bench/bench_colour.py,
+#      bench/bench_sampler.py (--device cuda where the script takes it) and bench/loader.py (per CPU core).
+# It ends with one summary: PASS/FAIL/SKIP, seconds and the key figures per check (and the benchmarks' tables), and
+# exits with 1 if any check failed, 2 if it cannot start (no GPU, no Python with torch).
 # Settings (environment): WORK (folder for logs and runs; default a new temporary folder, kept and printed),
-# TESTS (what pytest runs; default tests), PY (default .venv/bin/python), CHECK_DEVICE=cpu (the same steps on the
-# CPU, much slower: only to try this script itself).
+# PY (default .venv/bin/python if there is one, else python3), BUDGET_S (seconds: a check that would start with
+# under 20 s left is skipped, and each one's limit is cut to what is left; default 900), CHECK_DEVICE=cpu (the same
+# steps on the CPU, much slower: only to try this script itself).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
-PY=${PY:-.venv/bin/python}
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 DEVICE=${CHECK_DEVICE:-cuda}
-TESTS=${TESTS:-tests}
-if [ ! -x "$PY" ]; then
-  echo "error: bench/gpu.sh needs $PY (make it with: bash scripts/setup_env.sh --test)" >&2; exit 2
+BUDGET_S=${BUDGET_S:-900}
+DEADLINE=$((SECONDS + BUDGET_S))
+if ! command -v "$PY" >/dev/null || ! "$PY" -c 'import torch' 2>/dev/null; then
+  echo "error: bench/gpu.sh needs a Python with torch: $PY has none (make .venv with: bash scripts/setup_env.sh" \
+       "--test, or pass PY=...)" >&2; exit 2
 fi
 if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 then
   echo "error: bench/gpu.sh needs a CUDA GPU (torch.cuda.is_available() is False)" >&2; exit 2
 fi
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/cmc_gpu_check.XXXXXX")}
-mkdir -p "$WORK/logs" "$WORK/runs" || exit 2
+mkdir -p "$WORK/logs" "$WORK/runs" "$WORK/records" || exit 2
 
 # ----------------------------------------------------------------------------------------------- what ran, how
-NAMES=() RESULTS=() SECS=() NOTES=() FIGURE_LOGS=()
+# Each check writes one record file (so that checks run in the background are counted too); the summary reads them.
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-record() {                       # name PASS|FAIL seconds note
-  NAMES+=("$1"); RESULTS+=("$2"); SECS+=("$3"); NOTES+=("$4")
+record() {                       # name PASS|FAIL|SKIP seconds note
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >"$WORK/records/$(date +%s%N)_$1"
   printf '   %s %s (%s s) %s\n' "$2" "$1" "$3" "$4"
 }
 fail_tail() { tail -n 15 "$1" | sed 's/^/      | /'; }
 
 # The numbers worth a glance in a log: a training run's last epoch time and loss, a probe's best accuracy, pytest's
-# tally.
+# tally, a benchmark's SUMMARY.
 figures() {
   local log=$1 out=() line
   line=$(grep -o 'epoch [0-9]*, total time [0-9.]*' "$log" | tail -n 1) \
@@ -53,13 +62,17 @@ figures() {
   line=$(grep -o $'\tloss [-0-9.naif]* ([-0-9.naif]*)' "$log" | tail -n 1 | tr -d '\t') && out+=("$line")
   line=$(grep -o 'best Acc@1 [0-9.]*' "$log" | tail -n 1) && out+=("$line")
   line=$(grep -E '[0-9]+ (passed|failed)' "$log" | tail -n 1) && out+=("$line")
+  line=$(grep -o 'SUMMARY: .*' "$log" | tail -n 1) && out+=("$line")
   local joined; printf -v joined '%s; ' "${out[@]}"; echo "${joined%; }"
 }
 
-# run_check NAME LIMIT_S COMMAND...: run it under timeout, log to $WORK/logs/NAME.log, record PASS/FAIL.
+# run_check NAME LIMIT_S COMMAND...: run it under timeout (cut to what is left of BUDGET_S), log to
+# $WORK/logs/NAME.log, record PASS/FAIL (or SKIP when the budget is spent).
 run_check() {
   local name=$1 limit=$2; shift 2
-  local log="$WORK/logs/$name.log" t0 rc secs
+  local log="$WORK/logs/$name.log" t0 rc secs left=$((DEADLINE - SECONDS))
+  if [ $left -lt 20 ]; then record "$name" SKIP 0 "BUDGET_S=$BUDGET_S spent"; return 3; fi
+  [ $left -lt "$limit" ] && limit=$left
   echo "== $name: $*"
   t0=$(now)
   timeout --kill-after 15 "$limit" "$@" >"$log" 2>&1; rc=$?
@@ -97,12 +110,25 @@ EOF
 )
 echo "$MACHINE"
 
-# ---------------------------------------------------------------------------------------------------- 1. tests
-run_check tests 270 \
-  env TEST_DEVICE="$DEVICE" "$PY" -m pytest -q "$TESTS" -x -k "not slow" -p no:cacheprovider
+# ----------------------------------------------------------------------------------------- 1. the GPU targets
+bench() {               # name script [flags...]: adds --device when the script takes it
+  local name=$1 script=$2; shift 2
+  local flags=("$@")
+  if "$PY" "$script" --help 2>/dev/null | grep -q -- '--device'; then flags+=(--device "$DEVICE"); fi
+  if run_check "$name" 240 "$PY" "$script" "${flags[@]}"; then
+    echo "$name" >>"$WORK/figure_logs"
+  fi
+}
+if [ "$DEVICE" = cuda ]; then
+  bench end_to_end bench/end_to_end.py
+  bench step_resnet50 bench/bench_step.py --model resnet50v1 --image_size 224 --batch 128 --skip-banks
+else                    # trying the script on the CPU: the same commands, tiny
+  bench end_to_end bench/end_to_end.py --smoke
+  bench step_resnet50 bench/bench_step.py --model resnet50v1 --image_size 32 --batch 4 --skip-banks
+fi
 
 # --------------------------------------------------------------------------------------- 2. the four scripts
-COMMON=(--dataset demo --image_size 64 --batch_size 64 --num_workers 4 --device "$DEVICE" --seed 0 --print_freq 10)
+COMMON=(--dataset demo --image_size 64 --batch_size 64 --num_workers 2 --device "$DEVICE" --seed 0 --print_freq 10)
 pretrain() {            # name script [flags...]: 2 epochs, its own model and TensorBoard folders
   local name=$1 script=$2; shift 2
   run_check "$name" 150 "$PY" "$script" "${COMMON[@]}" --epochs 2 --nce_k 1024 \
@@ -120,25 +146,33 @@ probe() {               # name script pretrain_name [flags...]
   run_check "$name" 150 "$PY" "$script" "${COMMON[@]}" --epochs 2 --learning_rate 0.1 --layer 6 --bn \
     --model_path "$ckpt" --save_path "$WORK/runs/$name/save" --tb_path "$WORK/runs/$name/tb" "$@"
 }
-pretrain cmc_fp32       train_CMC.py      --model resnet18v1
-pretrain cmc_amp        train_CMC.py      --model resnet18v1 --amp
-CMC_AMP_DTYPE=float16 pretrain cmc_amp_fp16 train_CMC.py --model resnet18v1 --amp
-pretrain insdis_fp32    train_moco_ins.py --model resnet18 --softmax
-pretrain insdis_amp     train_moco_ins.py --model resnet18 --softmax --amp
-pretrain moco_fp32      train_moco_ins.py --model resnet18 --softmax --moco
-pretrain moco_amp       train_moco_ins.py --model resnet18 --softmax --moco --amp
-CMC_AMP_DTYPE=float16 pretrain moco_amp_fp16 train_moco_ins.py --model resnet18 --softmax --moco --amp
-pretrain moco_split_bn  train_moco_ins.py --model resnet18 --softmax --moco --shuffle_bn_splits 4
-probe probe_cmc_fp32    LinearProbing.py  cmc_fp32  --model resnet18v1
-probe probe_cmc_amp     LinearProbing.py  cmc_amp   --model resnet18v1 --amp
-probe probe_moco_fp32   eval_moco_ins.py  moco_fp32 --model resnet18
-probe probe_moco_amp    eval_moco_ins.py  moco_amp  --model resnet18 --amp
+# Five at a time: pass/fail checks, each with 2 loader workers.
+pretrain cmc_fp32       train_CMC.py      --model resnet18v1 &
+pretrain cmc_amp        train_CMC.py      --model resnet18v1 --amp &
+CMC_AMP_DTYPE=float16 pretrain cmc_amp_fp16 train_CMC.py --model resnet18v1 --amp &
+pretrain insdis_fp32    train_moco_ins.py --model resnet18 --softmax &
+pretrain insdis_amp     train_moco_ins.py --model resnet18 --softmax --amp &
+wait
+pretrain moco_fp32      train_moco_ins.py --model resnet18 --softmax --moco &
+pretrain moco_amp       train_moco_ins.py --model resnet18 --softmax --moco --amp &
+CMC_AMP_DTYPE=float16 pretrain moco_amp_fp16 train_moco_ins.py --model resnet18 --softmax --moco --amp &
+pretrain moco_split_bn  train_moco_ins.py --model resnet18 --softmax --moco --shuffle_bn_splits 4 &
+run_check cmc_torchrun 150 "$PY" -m torch.distributed.run --nproc_per_node 1 train_CMC.py "${COMMON[@]}" \
+  --model resnet18v1 --amp --epochs 2 --nce_k 1024 --model_path "$WORK/runs/cmc_torchrun/models" \
+  --tb_path "$WORK/runs/cmc_torchrun/tb" &
+wait
+probe probe_cmc_fp32    LinearProbing.py  cmc_fp32  --model resnet18v1 &
+probe probe_cmc_amp     LinearProbing.py  cmc_amp   --model resnet18v1 --amp &
+probe probe_moco_fp32   eval_moco_ins.py  moco_fp32 --model resnet18 &
+probe probe_moco_amp    eval_moco_ins.py  moco_amp  --model resnet18 --amp &
+wait
 
 # ------------------------------------------------------------------------------------ 3. SIGTERM, then resume
 resume_check() {
   local dir="$WORK/runs/resume" stop_log="$WORK/logs/resume_stop.log" t0 pid rc ckpt="" deadline waited=0 stop_s
   local args=(train_CMC.py "${COMMON[@]}" --model resnet18v1 --nce_k 1024 --epochs 5
               --model_path "$dir/models" --tb_path "$dir/tb")
+  if [ $((DEADLINE - SECONDS)) -lt 90 ]; then record resume_sigterm SKIP 0 "BUDGET_S=$BUDGET_S spent"; return; fi
   echo "== resume: $PY ${args[*]}, SIGTERM after the first current.pth, then --resume auto"
   t0=$(now)
   "$PY" "${args[@]}" >"$stop_log" 2>&1 &
@@ -176,44 +210,51 @@ resume_check() {
   if run_check resume_continue 240 "$PY" "${args[@]}" --resume auto; then
     if ! grep -q 'resumed from' "$WORK/logs/resume_continue.log" \
         || ! grep -q 'epoch 5, total time' "$WORK/logs/resume_continue.log"; then
-      RESULTS[${#RESULTS[@]}-1]=FAIL
-      NOTES[${#NOTES[@]}-1]="exit 0 but no 'resumed from' or no epoch 5 in $WORK/logs/resume_continue.log"
-      echo "   FAIL resume_continue: ${NOTES[${#NOTES[@]}-1]}"
+      rm -f "$WORK"/records/*_resume_continue
+      record resume_continue FAIL "$(since "$t0")" \
+        "exit 0 but no 'resumed from' or no epoch 5 in $WORK/logs/resume_continue.log"
     fi
   fi
 }
 resume_check
 
-# ------------------------------------------------------------------------------------------------ 4. benchmarks
-bench() {               # name script [flags...]: adds --device when the script takes it
-  local name=$1 script=$2; shift 2
-  local flags=("$@")
-  if "$PY" "$script" --help 2>/dev/null | grep -q -- '--device'; then flags+=(--device "$DEVICE"); fi
-  if run_check "$name" 180 "$PY" "$script" "${flags[@]}"; then FIGURE_LOGS+=("$name"); fi
-}
+# ------------------------------------------------------------------------------- 4. the tests that take a device
+# The files that run models, memories or scripts on TEST_DEVICE (the rest of the suite is device-free: CI runs it).
+DEVICE_TESTS=$(grep -l 'TEST_DEVICE' tests/test_*.py | tr '\n' ' ')
+XDIST=()
+if "$PY" -c 'import xdist' 2>/dev/null; then XDIST=(-n 4); fi
+# shellcheck disable=SC2086
+run_check tests 300 env TEST_DEVICE="$DEVICE" "$PY" -m pytest -q $DEVICE_TESTS -x -k "not slow" \
+  -p no:cacheprovider "${XDIST[@]}"
+
+# ------------------------------------------------------------------------------------------ 5. other benchmarks
 bench bench_step    bench/bench_step.py
 bench bench_colour  bench/bench_colour.py
 # the pure-Python reference build runs on the CPU (tens of seconds; its figure is in the README): left out here
 bench bench_sampler bench/bench_sampler.py --skip-reference
-if [ -f bench/loader.py ]; then bench bench_loader bench/loader.py; fi
+bench bench_loader  bench/loader.py --images 120 --items 480 --repeats 2 --large-size 0 0
 
 # ------------------------------------------------------------------------------------------------------ summary
 echo
 echo "================================================================ summary"
 echo "$MACHINE"
-failed=0
+failed=0 total=0
 printf '%-16s %-4s %7s  %s\n' check ok seconds 'figures / why'
-for i in "${!NAMES[@]}"; do
-  printf '%-16s %-4s %7s  %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"
-  [ "${RESULTS[$i]}" = PASS ] || failed=$((failed + 1))
+for file in "$WORK"/records/*; do
+  IFS=$'\t' read -r name result secs note <"$file"
+  printf '%-16s %-4s %7s  %s\n' "$name" "$result" "$secs" "$note"
+  total=$((total + 1))
+  [ "$result" = FAIL ] && failed=$((failed + 1))
 done
-for name in "${FIGURE_LOGS[@]}"; do
-  echo "---- $name"
-  grep -v -e '^\s*$' -e 'Warning' "$WORK/logs/$name.log" | tail -n 20
-done
+if [ -f "$WORK/figure_logs" ]; then
+  while read -r name; do
+    echo "---- $name"
+    grep -v -e '^\s*$' -e 'Warning' "$WORK/logs/$name.log" | tail -n 20
+  done <"$WORK/figure_logs"
+fi
 echo "logs and runs: $WORK"
 if [ $failed -gt 0 ]; then
-  echo "FAIL: $failed of ${#NAMES[@]} checks failed"; exit 1
+  echo "FAIL: $failed of $total checks failed"; exit 1
 fi
-echo "PASS: all ${#NAMES[@]} checks passed"
+echo "PASS: no check of $total failed (SKIP: not run within BUDGET_S)"
 exit 0

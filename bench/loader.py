@@ -54,31 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cpu_pipeline  # noqa: E402
 import dataset  # noqa: E402
 
-PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field')
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Input files
-# ---------------------------------------------------------------------------------------------------------------------
-
-def make_jpegs(folder, count, size, seed=0):
-    """Write `count` JPEGs (quality 90, size = (w, h)) cut from scikit-image photographs; returns their paths."""
-    rng = np.random.RandomState(seed)
-    photos = [Image.fromarray(getattr(skimage.data, name)()).convert('RGB') for name in PHOTOS]
-    paths = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        width, height = photo.size
-        fraction = rng.uniform(0.6, 1.0)
-        crop_w, crop_h = int(width * fraction), int(height * fraction)
-        left, top = rng.randint(0, width - crop_w + 1), rng.randint(0, height - crop_h + 1)
-        image = photo.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.BILINEAR)
-        if rng.rand() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        path = os.path.join(folder, f'{index:05d}.jpg')
-        image.save(path, 'JPEG', quality=90)
-        paths.append(path)
-    return paths
+from jpeg_files import make_jpegs  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 
 
 def full_loader(path):

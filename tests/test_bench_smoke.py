@@ -14,6 +14,7 @@ BENCHES = {
     'loader.py': ('machine:', 'skimage rgb2lab', 'Lab reference (skimage f64)', 'Lab ours as trained: DeviceView',
                   'Lab + torch resize, generic view', 'YCbCr reference', 'RGB+CJ reference',
                   'Lab lever: persistent workers', 'SUMMARY: Lab@'),
+    'end_to_end.py': ('reference (--color_on_cpu, float32)', 'ours (float32)', 'SUMMARY: alexnet end to end'),
     'bench_colour.py': ('reference (skimage f64)', 'DeviceView cpu'),
     'bench_sampler.py': ('build: our uniform sampler', 'our uniform sampler'),
     'bench_step.py': ('scores + backward, tiny bank', 'resnet18v1 SGD step'),
