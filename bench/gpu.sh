@@ -232,7 +232,7 @@ bench bench_step    bench/bench_step.py
 bench bench_colour  bench/bench_colour.py
 # the pure-Python reference build runs on the CPU (tens of seconds; its figure is in the README): left out here
 bench bench_sampler bench/bench_sampler.py --skip-reference
-bench bench_loader  bench/loader.py --images 120 --items 480 --repeats 2 --large-size 0 0
+bench bench_loader  bench/loader.py --images 60 --items 240 --repeats 1 --large-size 0 0   # per CPU core, quiet cores
 
 # ------------------------------------------------------------------------------------------------------ summary
 echo
