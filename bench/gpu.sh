@@ -5,7 +5,7 @@
 # telling first, so that a capped run loses the least:
 #   1. the GPU targets (#14): bench/end_to_end.py (CMC AlexNet, 224 px, 8 loader workers, train_CMC.py end to end:
 #      ours against the reference's per-image scikit-image path, --color_on_cpu) and bench/bench_step.py for
-#      resnet50v1 at 224 px (bf16 autocast + channels-last against float32 NCHW);
+#      resnet50v1 at 224 px, batch 128 and 256 (bf16 autocast + channels-last against float32 NCHW);
 #   2. the four scripts for 2 epochs on the bundled demo data (64 px, --nce_k 1024, --batch_size 64), several at
 #      once (the GPU and the cores have room; these are pass/fail checks, not timings): train_CMC.py and
 #      train_moco_ins.py (InsDis and MoCo) in float32 and with --amp (bfloat16 where the GPU computes it natively),
@@ -122,6 +122,7 @@ bench() {               # name script [flags...]: adds --device when the script 
 if [ "$DEVICE" = cuda ]; then
   bench end_to_end bench/end_to_end.py
   bench step_resnet50 bench/bench_step.py --model resnet50v1 --image_size 224 --batch 128 --skip-banks
+  bench step_r50_b256 bench/bench_step.py --model resnet50v1 --image_size 224 --batch 256 --skip-banks
 else                    # trying the script on the CPU: the same commands, tiny
   bench end_to_end bench/end_to_end.py --smoke
   bench step_resnet50 bench/bench_step.py --model resnet50v1 --image_size 32 --batch 4 --skip-banks
