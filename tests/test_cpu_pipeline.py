@@ -140,7 +140,8 @@ def test_conversions_reject_bad_input():
 
 def test_large_image_runs_in_chunks():
     # More pixels than one chunk: chunk boundaries must not show.
-    photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((300, 256)))  # 76,800 > 2^15 pixels
+    assert colour.CPU_CHUNK_PIXELS < 300 * 256                                     # more than one chunk
+    photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((300, 256)))
     ours = colour.fast_rgb_to_lab(chw(photo)[None]).squeeze(0).permute(1, 2, 0).double().numpy()
     assert np.abs(ours - skimage.color.rgb2lab(photo)).max() <= 5e-4
 
