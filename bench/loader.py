@@ -8,10 +8,11 @@ temporary folder. Every pipeline reads the same files with a torch DataLoader (b
              conversion (rgb2lab / rgb2ycbcr), ToTensor, Normalize (dataset.VIEW_STATS); MoCo/InsDis RGB: crop,
              RandomGrayscale, ColorJitter, flip, ToTensor, Normalize (ImageNet statistics).
   ours       as training runs it: workers deliver uint8 crops (dataset.cmc_train_transform / moco_train_transform),
-             the main process converts each batch with dataset.DeviceView (on the CPU here, so it is CPU time).
-  levers     draft decode (cpu_pipeline.DraftRandomResizedCrop on lazily opened JPEGs), fast CPU view
-             (cpu_pipeline.FastView instead of DeviceView, in the main process or in the workers), persistent
-             workers, prefetch_factor, pin_memory (only with an accelerator).
+             the main process converts each batch with dataset.DeviceView (on the CPU here, so it is CPU time;
+             there DeviceView runs colour's uint8 kernels for Lab, YCbCr and RGB).
+  levers     the generic view (DeviceView(space, cpu_kernel=False): the formula accelerators run, here on the CPU),
+             draft decode (cpu_pipeline.DraftRandomResizedCrop on lazily opened JPEGs), colour.FastView in the
+             workers, persistent workers, prefetch_factor, pin_memory (only with an accelerator).
 
 How "per core" is measured: CPU seconds, not wall seconds, so that other work on a shared machine does not count.
   cpu = process_time() of the main process (its conversion, collation hand-off, pin thread)
@@ -51,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import colour  # noqa: E402
 import cpu_pipeline  # noqa: E402
 import dataset  # noqa: E402
 
@@ -101,20 +103,20 @@ def reference_moco_transform(size):
 
 def worker_fast_view(size, space):
     """Worker transform: draft crop, then FastView(space) per image (float32 leaves the worker)."""
-    view = cpu_pipeline.FastView(space)
+    view = colour.FastView(space)
     return transforms.Compose([cpu_pipeline.FastRandomResizedCrop(size, scale=(0.2, 1.0)), view])
 
 
 def cmc_pipelines(space, size):
     """Reference, ours as training runs it (the default crop, DeviceView), and the levers one by one."""
+    generic = dataset.DeviceView(space, cpu_kernel=False)  # the formula accelerators run, here on the CPU
     return [
         Pipeline(f'{space} reference (skimage f64)', full_loader, dataset.reference_cmc_transform(size, 0.2, space)),
         Pipeline(f'{space} before: PIL crop + generic view', full_loader,
-                 dataset.cmc_train_transform(size, fast=False), dataset.DeviceView(space)),
-        Pipeline(f'{space} + torch resize, generic view', full_loader, dataset.cmc_train_transform(size),
-                 dataset.DeviceView(space)),
+                 dataset.cmc_train_transform(size, fast=False), generic),
+        Pipeline(f'{space} + torch resize, generic view', full_loader, dataset.cmc_train_transform(size), generic),
         Pipeline(f'{space} + draft decode (PIL resize)', cpu_pipeline.lazy_loader,
-                 cpu_pipeline.DraftRandomResizedCrop(size), dataset.DeviceView(space)),
+                 cpu_pipeline.DraftRandomResizedCrop(size), generic),
         Pipeline(f'{space} ours as trained: DeviceView', full_loader, dataset.cmc_train_transform(size),
                  dataset.DeviceView(space)),
         Pipeline(f'{space} ours + FastView (workers)', cpu_pipeline.lazy_loader, worker_fast_view(size, space)),
@@ -122,7 +124,7 @@ def cmc_pipelines(space, size):
 
 
 def moco_pipelines(size):
-    """InsDis / MoCo RGB with colour jitter: reference, ours, ours with FastView."""
+    """InsDis / MoCo RGB with colour jitter: reference, ours (DeviceView('RGB'): the uint8 kernel on the CPU)."""
     ours = dataset.moco_train_transform(size, 0.2, 'CJ')
     return [
         Pipeline('RGB+CJ reference (ToTensor f32)', full_loader, reference_moco_transform(size)),
@@ -131,9 +133,9 @@ def moco_pipelines(size):
 
 
 def lever_pipelines(size):
-    """Loader options on the best Lab pipeline (fast crop + FastView in main)."""
+    """Loader options on the best Lab pipeline (fast crop + DeviceView's CPU kernel in main)."""
     draft = cpu_pipeline.FastRandomResizedCrop(size, scale=(0.2, 1.0))
-    view = cpu_pipeline.FastView('Lab')
+    view = dataset.DeviceView('Lab')
     levers = [
         Pipeline('Lab lever: persistent workers', cpu_pipeline.lazy_loader, draft, view, persistent_workers=True),
         Pipeline('Lab lever: prefetch_factor 4', cpu_pipeline.lazy_loader, draft, view, prefetch_factor=4),
@@ -223,22 +225,24 @@ def machine_line():
 
 
 def conversion_table(size, calls):
-    """Per-image CPU ms and ratios of skimage / fast_* / DeviceView on size x size crops; returns the ratios."""
+    """Per-image CPU ms and ratios of skimage / fast_* / DeviceView (generic, CPU kernel) on size x size crops;
+    returns the ratios."""
     photo = np.array(Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.BILINEAR))
     chw = torch.from_numpy(photo).permute(2, 0, 1).contiguous()
     batch = chw[None].expand(32, -1, -1, -1).contiguous()
     print(f"\nconversions, one {size} x {size} image, 1 thread (best CPU time of {calls} calls)")
     print(f"{'conversion':40s} {'ms/img':>8s} {'img/s':>8s} {'vs skimage':>10s}")
     ratios = {}
-    for space, reference, fast in (('Lab', skimage.color.rgb2lab, cpu_pipeline.fast_rgb_to_lab),
-                                   ('YCbCr', skimage.color.rgb2ycbcr, cpu_pipeline.fast_rgb_to_ycbcr)):
+    for space, reference, fast in (('Lab', skimage.color.rgb2lab, colour.fast_rgb_to_lab),
+                                   ('YCbCr', skimage.color.rgb2ycbcr, colour.fast_rgb_to_ycbcr)):
         base = cpu_time_per_call(lambda: reference(photo), calls)
+        generic, kernel = dataset.DeviceView(space, cpu_kernel=False), dataset.DeviceView(space)
         rows = [(f'skimage {reference.__name__} (f64)', base),
-                (f'cpu_pipeline.{fast.__name__}', cpu_time_per_call(lambda: fast(chw), calls)),
+                (f'colour.{fast.__name__}', cpu_time_per_call(lambda: fast(chw), calls)),
                 (f'generic DeviceView({space!r}) (batch 32)',
-                 cpu_time_per_call(lambda: dataset.DeviceView(space)(batch), max(3, calls // 8)) / 32),
-                (f'FastView({space!r}) (batch 32, per img)',
-                 cpu_time_per_call(lambda: cpu_pipeline.FastView(space)(batch), max(3, calls // 8)) / 32)]
+                 cpu_time_per_call(lambda: generic(batch), max(3, calls // 8)) / 32),
+                (f'DeviceView({space!r}) CPU kernel (batch 32)',
+                 cpu_time_per_call(lambda: kernel(batch), max(3, calls // 8)) / 32)]
         for name, seconds in rows:
             print(f"{name:40s} {seconds * 1e3:8.3f} {1 / seconds:8.0f} {base / seconds:9.1f}x")
         ratios[space] = base / rows[1][1]
@@ -321,7 +325,7 @@ def main(argv=None):
         groups = [cmc_pipelines('Lab', args.crop), cmc_pipelines('YCbCr', args.crop), moco_pipelines(args.crop)]
         results = pipeline_table(groups, paths, args, 'pipelines (per core = images / CPU seconds of all processes)')
         levers = [[cmc_pipelines('Lab', args.crop)[0]] + lever_pipelines(args.crop)]
-        results.update(pipeline_table(levers, paths, args, 'loader levers on Lab ours + FastView (main)',
+        results.update(pipeline_table(levers, paths, args, 'loader levers on Lab ours (DeviceView, CPU kernel)',
                                       [max(1, w) for w in args.workers]))
         if args.large_size[0] > 0:
             large = make_jpegs(tempfile.mkdtemp(dir=folder), max(8, args.images // 2), tuple(args.large_size))
