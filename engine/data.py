@@ -51,11 +51,33 @@ def make_loader(dataset, opt, rt, *, seed=0, sharded=False):
     seed = seed + (rt.rank * RANK_MIX if sharded else 0)
     sampler = ResumableSampler(len(dataset), opt.batch_size, seed, rank=rank, world_size=world)
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
+    loader = Loader(
         dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
         pin_memory=rt.device.type == 'cuda', generator=generator,
         persistent_workers=False, worker_init_fn=ignore_stop_signals)
     return loader
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with SIGTERM and SIGINT blocked; :func:`ignore_stop_signals` (its
+    ``worker_init_fn``) unblocks them once its handlers are in place. Without the block, a signal sent to the process
+    group while an epoch's workers start (a scheduler stopping the run just after a checkpoint) reaches a new worker
+    before ``worker_init_fn`` has run, under torch's own worker handler, which ends the worker: the run then fails
+    with "DataLoader worker ... killed by signal" instead of saving and exiting 143. Only the thread that starts the
+    workers blocks, and only while it does; a signal that arrives meanwhile is delivered when it unblocks. Workers
+    must be forked (Linux's default start method), so that they inherit the block."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ignore_stop_signals(worker_id=None):
@@ -63,9 +85,11 @@ def ignore_stop_signals(worker_id=None):
     ``timeout``, Ctrl-C) signals the whole process group; the main process then finishes its step, saves and exits
     143, and its workers are shut down by the loader, instead of dying first and ending the run with "DataLoader
     worker is killed by signal". A second SIGTERM is the loader's own ``terminate()`` of a worker slow to stop: it
-    must still work, or the main process would wait for that worker forever at exit."""
+    must still work, or the main process would wait for that worker forever at exit. Then it unblocks the signals
+    that :class:`Loader` blocked while starting the worker (one that came meanwhile arrives now, and is ignored)."""
     signal.signal(signal.SIGTERM, _restore_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _restore_sigterm(signum, frame):
@@ -107,9 +131,9 @@ def eval_loader(dataset, opt, rt=None, shard=False):
     evaluating between epochs does not change what training does next. ``shard``: this process's share only
     (:class:`ShardSampler`; all of it in a single process)."""
     sampler = ShardSampler(len(dataset), rt.rank, rt.world_size) if shard and rt is not None else None
-    return torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
-                                       pin_memory=rt is not None and rt.device.type == 'cuda',
-                                       generator=torch.Generator(), worker_init_fn=ignore_stop_signals)
+    return Loader(dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
+                  pin_memory=rt is not None and rt.device.type == 'cuda', generator=torch.Generator(),
+                  worker_init_fn=ignore_stop_signals)
 
 
 def build_split(opt, split, transform, two_crop=False):
