@@ -59,9 +59,40 @@ def run(args, script_args, log):
     """One script as a user runs it; its output goes to log; a failure stops with the log's tail."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, 'w') as f:
-        code = subprocess.call([sys.executable, *script_args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if args.smoke:
+            code = run_here(script_args, f)
+        else:
+            code = subprocess.call([sys.executable, *script_args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(f'failed ({code}): {" ".join(script_args[:1])}; see {log}:\n' + open(log).read()[-800:])
+
+
+def run_here(script_args, f):
+    """--smoke: the script's main() with the same arguments in this process, as ``python script.py`` runs it
+    (errors.run_main), its output to the open log ``f``; returns the exit status. Starting Python and importing torch
+    for each of a smoke run's ten scripts costs more than their work (tests run the smoke mode)."""
+    import contextlib
+    import importlib
+    import traceback
+    from engine import errors
+    module = importlib.import_module(os.path.basename(script_args[0])[:-len('.py')])
+    cwd = os.getcwd()
+    with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            os.chdir(ROOT)                       # as the subprocess's cwd=ROOT: relative paths mean the same
+            errors.run_main(module.main, list(script_args[1:]))
+        except SystemExit as e:
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)   # as the interpreter prints sys.exit('message')
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
+        except Exception:
+            traceback.print_exc()
+            return 1
+        finally:
+            os.chdir(cwd)
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return 0
 
 
 def data_flags(args):

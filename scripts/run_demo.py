@@ -3,7 +3,7 @@ encoder of the same architecture, and print a table. Run it through ``bash scrip
 virtualenv), or directly:
 
     python scripts/run_demo.py                  # the full demo, ~12-14 minutes on 2 CPU cores
-    python scripts/run_demo.py --smoke          # one short epoch per stage, to check the plumbing
+    python scripts/run_demo.py --smoke          # one short epoch per stage on a small subset, to check the plumbing
     python scripts/run_demo.py --seed 1 --out results/demo_seed1
 
 Writes ``<out>.md`` (the table) and ``<out>.png`` (probe accuracy per method, pretraining loss curves), and keeps
@@ -58,6 +58,11 @@ PROBE = {  # script, layer, learning rate
     RGB_MODEL: ('eval_moco_ins.py', '6', '0.1'),
 }
 PROBE_EPOCHS = 30
+# --smoke checks the plumbing, not the numbers: the first SMOKE_PER_CLASS (train, val) images of each of the 9 classes,
+# written to <out>/smoke_emoji64.npz, and smaller batches and memory (appended last, so they override the recipe's).
+SMOKE_PER_CLASS = (12, 4)
+SMOKE_PRETRAIN = ['--batch_size', '32', '--nce_k', '64']
+SMOKE_PROBE = ['--batch_size', '32']
 METHODS = [('cmc', 'CMC (Lab)', CMC_MODEL), ('insdis', 'InsDis', RGB_MODEL), ('moco', 'MoCo', RGB_MODEL),
            ('random', f'random init ({CMC_MODEL}, CMC)', CMC_MODEL),
            ('random_rgb', f'random init ({RGB_MODEL}, RGB)', RGB_MODEL)]
@@ -67,7 +72,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=os.path.join(ROOT, 'results', 'demo'))
-    p.add_argument('--smoke', action='store_true', help='one short epoch per stage (tests use this)')
+    p.add_argument('--smoke', action='store_true', help='one short epoch per stage on a small subset of the data '
+                   '(tests use this)')
     p.add_argument('--amp', choices=['auto', 'on', 'off'], default='auto',
                    help='bfloat16 autocast for pretraining: auto times a few steps of each and takes the faster')
     p.add_argument('--epochs', type=str, default=None, help='override, e.g. cmc=10,insdis=4,moco=4,probe=10')
@@ -148,6 +154,36 @@ def run_script(args, log_path, progress, total_epochs, every=1, label='', thread
     return open(log_path).read()
 
 
+def run_in_process(args, log_path):
+    """--smoke's probes: the script's main() with the same arguments in this process, as ``python script.py`` runs it
+    (errors.run_main), its output in log_path; fails as run_script does. A smoke probe's work takes a second, a Python
+    and torch start per probe several."""
+    import contextlib
+    import importlib
+    import traceback
+    from engine import errors
+    module = importlib.import_module(args[0][:-len('.py')])
+    cwd = os.getcwd()
+    with open(log_path, 'w') as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            os.chdir(ROOT)                       # as run_script's cwd=ROOT
+            errors.run_main(module.main, list(args[1:]))
+            code = 0
+        except SystemExit as e:
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)   # as the interpreter prints sys.exit('message')
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os.chdir(cwd)
+    if code != 0:
+        tail = open(log_path).read().strip().splitlines()[-3:]
+        raise SystemExit(f'demo stage failed ({args[0]}); see {log_path}:\n' + '\n'.join(tail))
+    return open(log_path).read()
+
+
 def run_lanes(lanes):
     """Run each lane's calls in order, the lanes side by side; stop them all at the first failure and re-raise it."""
     failures = []
@@ -182,7 +218,23 @@ def save_random_encoder(name, model_name, path, seed):
                                 'model': model.state_dict(), 'epoch': 0}, path)
 
 
-def knn_of(ckpt_path, method, model_name, seed):
+def write_smoke_subset(path, per_class=SMOKE_PER_CLASS):
+    """The first ``per_class`` (train, val) images of every class of the bundled set, as a demo .npz; returns path."""
+    import numpy as np
+    from dataset import DEMO_FILE
+    with np.load(DEMO_FILE, allow_pickle=False) as archive:
+        arrays = {'classes': archive['classes']}
+        for prefix, n in zip(('train', 'val'), per_class):
+            labels = archive[f'{prefix}_labels']
+            keep = np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(len(arrays['classes']))])
+            for key in ('images', 'labels', 'codes'):
+                arrays[f'{prefix}_{key}'] = archive[f'{prefix}_{key}'][keep]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def knn_of(ckpt_path, method, model_name, seed, data_folder=None):
     """The kNN top-1 recorded by pretraining, or computed here for the random encoders."""
     import torch
     import torch.nn.functional as F
@@ -204,7 +256,7 @@ def knn_of(ckpt_path, method, model_name, seed):
 
     rt = runtime.Runtime(device=torch.device('cpu'))
     opt = argparse.Namespace(batch_size=128, num_workers=0)
-    loaders = [data.eval_loader(build_dataset('demo', None, split, eval_transform(64)), opt)
+    loaders = [data.eval_loader(build_dataset('demo', data_folder, split, eval_transform(64)), opt)
                for split in ('train', 'val')]
     return knn.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
 
@@ -284,6 +336,8 @@ def main(argv=None):
     progress = Progress(len(PRETRAIN) + len(METHODS) + 1)
     seed = ['--seed', str(args.seed)]
     minutes, curves = {}, {}
+    smoke_data = write_smoke_subset(os.path.join(out, 'smoke_emoji64.npz')) if args.smoke else None
+    data_flags = ['--data_folder', smoke_data] if args.smoke else []
 
     from engine import checkpoint
     threads = max(1, (os.cpu_count() or 1) // len(LANES))
@@ -296,7 +350,8 @@ def main(argv=None):
         script, model, extra = PRETRAIN[method]
         progress.stage(f'pretraining {method} ({model}, {epochs[method]} epochs)')
         t0 = time.time()
-        run_script([script, *COMMON, *seed, *amp, '--model', model, *extra, '--epochs', str(epochs[method]),
+        run_script([script, *COMMON, *data_flags, *seed, *amp, '--model', model, *extra,
+                    *(SMOKE_PRETRAIN if args.smoke else []), '--epochs', str(epochs[method]),
                     '--knn_freq', str(epochs[method]), '--model_path', os.path.join(out, 'runs', method),
                     '--tb_path', os.path.join(out, 'tb', method)],
                    os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method],
@@ -309,7 +364,7 @@ def main(argv=None):
 
     run_lanes([[functools.partial(pretrain, method) for method in lane] for lane in LANES])
 
-    rows = [probe_one(method, label, model, out, args.seed, epochs, progress, minutes)
+    rows = [probe_one(method, label, model, out, args.seed, epochs, progress, minutes, smoke_data)
             for method, label, model in METHODS]
 
     progress.stage('writing the table and the figure')
@@ -318,8 +373,9 @@ def main(argv=None):
     progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
 
 
-def probe_one(method, label, model, out, seed, epochs, progress, minutes):
-    """Linear-probe one encoder (saving a random one first, from ``seed``) and return its table row."""
+def probe_one(method, label, model, out, seed, epochs, progress, minutes, smoke_data=None):
+    """Linear-probe one encoder (saving a random one first, from ``seed``) and return its table row; ``smoke_data``:
+    the --smoke subset to use instead of the bundled set."""
     from engine import checkpoint
     progress.stage(f'linear probe of {label}')
     t0 = time.time()
@@ -327,18 +383,28 @@ def probe_one(method, label, model, out, seed, epochs, progress, minutes):
     if method.startswith('random'):
         save_random_encoder(method, model, path, seed)
     script, layer, lr = PROBE[model]
-    run_script([script, *COMMON, '--seed', str(seed), '--model', model, '--layer', layer, '--learning_rate', lr,
-                '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128',
-                '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
-                '--cache_features', '--bn', '--save_path', os.path.join(out, 'probe', method),
-                '--tb_path', os.path.join(out, 'tb', 'probe')],
-               os.path.join(out, 'logs', f'probe_{method}.log'), progress, epochs['probe'], every=10)
+    smoke = ['--data_folder', smoke_data, *SMOKE_PROBE] if smoke_data else []
+    command = [script, *COMMON, '--seed', str(seed), '--model', model, '--layer', layer, '--learning_rate', lr,
+               '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128', *smoke,
+               '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
+               '--cache_features', '--bn', '--save_path', os.path.join(out, 'probe', method),
+               '--tb_path', os.path.join(out, 'tb', 'probe')]
+    log = os.path.join(out, 'logs', f'probe_{method}.log')
+    if smoke_data:
+        run_in_process(command, log)
+    else:
+        run_script(command, log, progress, epochs['probe'], every=10)
     # the final epoch's val accuracy (not the best over epochs, which would pick on val)
     (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
     result = checkpoint.load_checkpoint(final)
-    knn = knn_of(path, method, model, seed)
+    knn = knn_of(path, method, model, seed, smoke_data)
     minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
     return label, result['last_acc1'], result['last_acc5'], knn, minutes[method]
+
+
+def smoke_set(out):
+    train, val = (n * 9 for n in SMOKE_PER_CLASS)
+    return f'Smoke subset of the emoji demo set ({train} train / {val} val, 9 classes, {out}/smoke_emoji64.npz)'
 
 
 def write_report(out, rows, curves, args, epochs, amp):
@@ -347,7 +413,8 @@ def write_report(out, rows, curves, args, epochs, amp):
     table = '\n'.join(lines)
     with open(out + '.md', 'w') as f:
         f.write(f'# Demo results (seed {args.seed}{", smoke mode" if args.smoke else ""})\n\n'
-                f'Emoji demo set (1,528 train / 378 val, 9 classes), 64 px, CPU. Pretraining epochs: '
+                f'{smoke_set(out) if args.smoke else "Emoji demo set (1,528 train / 378 val, 9 classes)"}, 64 px, '
+                f'CPU. Pretraining epochs: '
                 f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}'
                 f'{" (bfloat16 autocast)" if amp else " (float32)"}; linear probe '
                 f'{epochs["probe"]} epochs on cached frozen features (layer 6, --bn). Majority class: 20.4% top-1.\n\n'

@@ -1,9 +1,8 @@
-"""torchrun + DDP on the CPU (gloo, 2 processes): the memory bank and the MoCo queue stay one across processes."""
+"""torchrun + DDP on the CPU (gloo, 2 processes): the MoCo queue stays one across processes (CMC's memory banks:
+tests/test_scaling.py::test_resume_and_sigterm_under_two_processes)."""
 import os
 import subprocess
 import sys
-
-import torch
 
 from engine import checkpoint
 
@@ -30,16 +29,8 @@ def only_checkpoint(tmp_path):
     return checkpoint.load_checkpoint(str(tmp_path / 'm' / run / 'current.pth'))
 
 
-def test_cmc_memory_banks_are_synchronised_across_processes(tmp_path, image_folder):
-    torchrun('train_CMC.py', *common(tmp_path, image_folder), '--model', 'alexnet')
-    ckpt = only_checkpoint(tmp_path)
-    # Rows written by the momentum update are unit vectors; the random init's rows are not (norm ~1 +- 0.1).
-    # Rank 0 saved the checkpoint: with synchronised banks it holds the updates of BOTH processes' samples.
-    for key in ('memory_l', 'memory_ab'):
-        norms = ckpt['contrast'][key].norm(dim=1)
-        # F.normalize and norm again, both over feat_dim = 128 terms: <= (128 + 1) U = 7.7e-6
-        torch.testing.assert_close(norms, torch.ones(24), atol=1e-5, rtol=0)
-    assert ckpt['contrast']['params'][2] > 0 and ckpt['contrast']['params'][3] > 0
+# CMC's memory banks stay one across the processes: checked on epoch 1's checkpoint of the 2-process run that
+# tests/test_scaling.py::test_resume_and_sigterm_under_two_processes stops and resumes (one torchrun start fewer).
 
 
 def test_moco_queue_takes_every_process_keys(tmp_path, image_folder):

@@ -1,5 +1,6 @@
 """Tests for models/: state-dict key/shape tables (the released weights must load), layer-by-layer
 forward values against a second, functional code path, checkpoint-key compatibility, and init."""
+import functools
 import math
 from collections import OrderedDict
 
@@ -14,6 +15,14 @@ from models import (InsResNet18, InsResNet50, LinearClassifierAlexNet, LinearCla
                     MyAlexNetCMC, MyResNetsCMC, build_cmc_model, build_ins_model, strip_module_prefix)
 
 META = torch.device('meta')
+
+
+@functools.lru_cache(maxsize=None)
+def meta_cmc_model(name):
+    """build_cmc_model(name) on the meta device, in eval mode: built once for the key, shape and head tests, which
+    only read it (an eval-mode forward on meta tensors changes nothing)."""
+    with META:
+        return build_cmc_model(name).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,8 +226,7 @@ def test_key_counts_match_hand_counts():
 
 @pytest.mark.parametrize('name', sorted(KEY_TABLES))
 def test_cmc_state_dict_keys_and_shapes(name):
-    with META:
-        model = build_cmc_model(name)
+    model = meta_cmc_model(name)
     count, shapes = KEY_TABLES[name]
     assert_key_table(model.state_dict(), count, shapes)
     assert type(model) is (MyAlexNetCMC if name == 'alexnet' else MyResNetsCMC)
@@ -271,9 +279,8 @@ def cmc_resnet_shapes_224(name):
 
 @pytest.mark.parametrize('name', sorted(KEY_TABLES))
 def test_cmc_output_shapes_every_layer(name):
-    with META:
-        model = build_cmc_model(name).eval()
-        x = torch.empty(2, 3, 224, 224)
+    model = meta_cmc_model(name)
+    x = torch.empty(2, 3, 224, 224, device=META)
     shapes = ALEXNET_SHAPES_224 if name == 'alexnet' else cmc_resnet_shapes_224(name)
     for layer, shape in enumerate(shapes):
         feat_l, feat_ab = model(x, layer)
@@ -287,8 +294,8 @@ def test_cmc_output_shapes_every_layer(name):
 @pytest.mark.parametrize('name', ['alexnet', 'resnet50v1', 'resnet50v2', 'resnet50v3', 'resnet101v3'])
 def test_linear_heads_accept_concatenated_features(name):
     """The heads' input sizes agree with the encoders' concatenated features (where SPEC's table holds)."""
+    model = meta_cmc_model(name)
     with META:
-        model = build_cmc_model(name).eval()
         x = torch.empty(2, 3, 224, 224)
         layers = range(1, 8) if name == 'alexnet' else range(1 if name == 'resnet50v1' else 2, 7)
         for layer in layers:

@@ -69,15 +69,29 @@ def test_view_stack_equals_device_view_and_refuses_both_flags(tmp_path, image_fo
                                 '--tb_path', 't'])
 
 
+@pytest.fixture(scope='module')
+def three_views(tmp_path_factory, image_folder):
+    """train(..., '--views', 'L', 'ab', 'S', '--paradigm', paradigm) -> (its root, run folder, checkpoint), trained
+    once per paradigm in this module (the full one is also probed below); tests only read the run."""
+    runs = {}
+
+    def run(paradigm):
+        if paradigm not in runs:
+            root = tmp_path_factory.mktemp(f'three_views_{paradigm}')
+            runs[paradigm] = (root, *train(root, image_folder, '--views', 'L', 'ab', 'S', '--paradigm', paradigm))
+        return runs[paradigm]
+    return run
+
+
 @pytest.mark.parametrize('paradigm, pairs', [('core', ['L_ab', 'ab_L', 'L_S', 'S_L']),
                                              ('full', ['L_ab', 'ab_L', 'L_S', 'S_L', 'ab_S', 'S_ab'])])
-def test_three_views_core_and_full(tmp_path, image_folder, paradigm, pairs):
-    folder, ckpt = train(tmp_path, image_folder, '--views', 'L', 'ab', 'S', '--paradigm', paradigm)
+def test_three_views_core_and_full(three_views, paradigm, pairs):
+    root, folder, ckpt = three_views(paradigm)
     assert os.path.basename(folder).endswith('_views_L_ab_S' + ('_full' if paradigm == 'full' else ''))
     assert set(ckpt['contrast']) == {'params', 'memory_l', 'memory_ab', 'memory_s'}
     assert ckpt['contrast']['params'].numel() == 3 + len(pairs)
     assert {k.split('.')[1] for k in ckpt['model']} == {'l_to_ab', 'ab_to_l', 's'}   # encoder.<view network>
-    tags = set(tb_scalars(tmp_path))
+    tags = set(tb_scalars(root))
     assert {f'{kind}_{pair}' for pair in pairs for kind in ('loss', 'prob')} <= tags
     assert not any(tag.startswith('loss_') and tag[5:] not in pairs for tag in tags)
 
@@ -145,8 +159,8 @@ def probe_args(tmp_path, data, model_path, *extra):
             '--cache_features', *extra]
 
 
-def test_probe_views_on_a_three_view_checkpoint(tmp_path, image_folder):
-    folder, _ = train(tmp_path, image_folder, '--views', 'L', 'ab', 'S', '--paradigm', 'full')
+def test_probe_views_on_a_three_view_checkpoint(tmp_path, image_folder, three_views):
+    _, folder, _ = three_views('full')
     path = os.path.join(folder, 'current.pth')
     LinearProbing.main(probe_args(tmp_path, image_folder, path, '--probe_views', 'L'))
     LinearProbing.main(probe_args(tmp_path, image_folder, path))
@@ -161,11 +175,27 @@ def test_probe_views_on_a_three_view_checkpoint(tmp_path, image_folder):
         LinearProbing.main(probe_args(tmp_path, image_folder, path, '--view', 'YCbCr'))
 
 
-@pytest.mark.parametrize('script', ['findings_views.sh', 'findings_objective.sh'])
-def test_findings_scripts_smoke(tmp_path, image_folder, script):
-    subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), '--smoke', '--dataset', 'folder', '--data_folder',
-                    image_folder, '--results', str(tmp_path / 'results'), '--work', str(tmp_path / 'work')],
-                   check=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=900)
-    text = open(tmp_path / 'results' / 'findings.md').read()
-    assert 'SMOKE MODE' in text and '| random init |' in text
-    assert glob.glob(str(tmp_path / 'results' / 'findings_*_smoke.png'))
+def test_findings_scripts_smoke(tmp_path, image_folder):
+    """Both findings scripts in smoke mode, side by side (one thread each: most of a smoke run is starting Python and
+    importing torch, so two cores take both in the time of one), each with its own results and work folders."""
+    runs = {}
+    try:
+        for script in ('findings_views.sh', 'findings_objective.sh'):
+            folder = tmp_path / script
+            folder.mkdir()
+            with open(folder / 'output.log', 'w') as log:
+                runs[script] = folder, subprocess.Popen(
+                    ['bash', os.path.join(ROOT, 'scripts', script), '--smoke', '--dataset', 'folder', '--data_folder',
+                     image_folder, '--results', str(folder / 'results'), '--work', str(folder / 'work')],
+                    env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=log, stderr=subprocess.STDOUT)
+        for script, (folder, proc) in runs.items():
+            proc.wait(timeout=900)
+            assert proc.returncode == 0, f'{script}:\n' + open(folder / 'output.log').read()[-3000:]
+            text = open(folder / 'results' / 'findings.md').read()
+            assert 'SMOKE MODE' in text and '| random init |' in text, script
+            assert glob.glob(str(folder / 'results' / 'findings_*_smoke.png')), script
+    finally:
+        for _, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

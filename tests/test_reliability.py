@@ -6,8 +6,9 @@ Starting Python and importing torch costs seconds per process, more than this fi
 processes. So most runs are forked from one pre-imported "fork server" child: each request forks a fresh process
 that runs ``errors.run_main(script.main, argv)`` (exactly what ``python script.py`` does under ``__main__``), with its
 own stdout / stderr files and its own exit status. The server itself never computes anything before forking (so
-no OpenMP pool is copied into a child). The SIGTERM runs and one malicious-pickle run are plain
-``python script.py`` subprocesses, which also covers the ``__main__`` path.
+no OpenMP pool is copied into a child). MoCo's SIGTERM run and one malicious-pickle run are plain
+``python script.py`` subprocesses, which also covers the ``__main__`` path; the other signalled runs are forked
+(the hint they print names the script all the same: it comes from the script's own file name).
 """
 import glob
 import hashlib
@@ -241,17 +242,67 @@ def signal_when(script, argv, trigger, signum):
     return proc.returncode, err
 
 
+def signal_when_forked(server, script, argv, trigger, signum, limit=300):
+    """As signal_when, for a run forked from the server: its stdout file is polled for the trigger line."""
+    pid, out, err = server.start('run', script=script, argv=[str(a) for a in argv])
+    sent, deadline = False, time.time() + limit
+    while not sent and time.time() < deadline:
+        if os.path.exists(out):                            # the child opens it once forked
+            with open(out) as f:
+                if any(line.startswith(trigger) for line in f):
+                    os.kill(pid, signum)
+                    sent = True
+                    break
+        with open(f'/proc/{pid}/stat') as f:              # ended (a zombie until the server waits for it)
+            if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                break
+        time.sleep(0.01)
+    if not sent:                                           # no trigger in time: end it rather than wait on it
+        os.kill(pid, signal.SIGKILL)
+    rc = server.wait(pid)
+    err = open(err).read()
+    assert sent, err[-3000:]
+    return rc, err
+
+
 # Batches of 4: 6 steps per epoch, so a signal sent once step 1 has printed lands well inside the epoch.
 STEPS = 6
 
 
-def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigger, signum):
-    """Run once uninterrupted (forked) and once as ``python script.py`` signalled when ``trigger`` is printed, resume
-    the latter with the command its last line prints, and compare every checkpoint. Returns the stop position."""
-    one_go, split = str(tmp_path / 'one_go'), str(tmp_path / 'split')
-    pid, _, one_go_err = server.start('run', script=script, argv=argv_for(one_go, data_folder, '--batch_size', '4'))
-    rc, err = signal_when(script, argv_for(split, data_folder, '--batch_size', '4'), trigger, signum)
-    assert server.wait(pid) == 0, open(one_go_err).read()[-3000:]
+class OneGo:
+    """The uninterrupted run (forked, batches of 4) a stopped one is compared with: started now, so that it runs
+    beside the signalled run, and waited for on first use."""
+
+    def __init__(self, server, root, script, argv_for, data_folder):
+        self.server, self.root, self.rc = server, root, None
+        argv = argv_for(root, data_folder, '--batch_size', '4')
+        self.pid, _, self.err = server.start('run', script=script, argv=argv)
+
+    def folder(self):
+        if self.rc is None:
+            self.rc = self.server.wait(self.pid)
+        assert self.rc == 0, open(self.err).read()[-3000:]
+        return run_folder(os.path.join(self.root, 'models'))
+
+
+@pytest.fixture(scope='module')
+def cmc_one_go(server, data, tmp_path_factory):
+    """One uninterrupted CMC run for both CMC signal tests (the same flags: the same checkpoints)."""
+    return OneGo(server, str(tmp_path_factory.mktemp('cmc_one_go')), 'train_CMC', cmc_argv, data)
+
+
+def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigger, signum, plain=False, one_go=None):
+    """Run once uninterrupted (forked; or ``one_go``, that run started earlier) and once signalled when ``trigger``
+    is printed (forked, or with ``plain`` as ``python script.py``), resume the latter with the command its last line
+    prints, and compare every checkpoint. Returns the stop position."""
+    split = str(tmp_path / 'split')
+    one_go = one_go or OneGo(server, str(tmp_path / 'one_go'), script, argv_for, data_folder)
+    split_argv = argv_for(split, data_folder, '--batch_size', '4')
+    if plain:
+        rc, err = signal_when(script, split_argv, trigger, signum)
+    else:
+        rc, err = signal_when_forked(server, script, split_argv, trigger, signum)
+    a_folder = one_go.folder()
 
     # the run stops after the current step: exit 128 + signal number and one line saying how to resume
     assert rc == 128 + signum, err[-3000:]
@@ -269,7 +320,7 @@ def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigg
 
     # the printed command continues the run, and it ends bit-identical to the uninterrupted one
     ok(server.run(script, command[2:]))
-    a_folder, b_folder = run_folder(os.path.join(one_go, 'models')), run_folder(os.path.join(split, 'models'))
+    b_folder = run_folder(os.path.join(split, 'models'))
     assert sorted(os.listdir(a_folder)) == sorted(os.listdir(b_folder))
     for name in sorted(os.listdir(a_folder)):
         a, b = checkpoint.load_checkpoint(os.path.join(a_folder, name)), checkpoint.load_checkpoint(os.path.join(b_folder, name))
@@ -278,25 +329,25 @@ def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigg
     return position
 
 
-def test_sigterm_mid_epoch_then_printed_resume_is_bit_identical_cmc(server, tmp_path, data):
+def test_sigterm_mid_epoch_then_printed_resume_is_bit_identical_cmc(server, tmp_path, data, cmc_one_go):
     position = check_stop_and_resume(server, tmp_path, 'train_CMC', cmc_argv, data, f'Train: [2][1/{STEPS}]',
-                                     signal.SIGTERM)
+                                     signal.SIGTERM, one_go=cmc_one_go)
     assert position['epoch'] == 1 and 0 < position['resume_step'] < STEPS     # mid-epoch 2
 
 
 def test_sigterm_mid_epoch_then_printed_resume_is_bit_identical_moco(server, tmp_path, data):
     position = check_stop_and_resume(server, tmp_path, 'train_moco_ins', moco_argv, data, f'Train: [2][1/{STEPS}]',
-                                     signal.SIGTERM)
+                                     signal.SIGTERM, plain=True)
     assert position['epoch'] == 1 and 0 < position['resume_step'] < STEPS
     assert {'model', 'model_ema', 'contrast', 'optimizer', 'rng'} <= set(position)
     assert 'queue_ptr' in position['contrast'] and position['contrast']['params'][0] > 0   # Z set
 
 
-def test_sigint_during_epoch_end_work_saves_and_resumes_bit_identical(server, tmp_path, data):
+def test_sigint_during_epoch_end_work_saves_and_resumes_bit_identical(server, tmp_path, data, cmc_one_go):
     """Sent once the epoch's last step has printed, the signal arrives while the epoch-end work (console line,
     kNN monitor, checkpoints) runs: the run still finishes that work, then stops after epoch 1."""
     position = check_stop_and_resume(server, tmp_path, 'train_CMC', cmc_argv, data, f'Train: [1][{STEPS}/{STEPS}]',
-                                     signal.SIGINT)
+                                     signal.SIGINT, one_go=cmc_one_go)
     assert position['epoch'] == 1 and position['resume_step'] == 0
 
 

@@ -146,7 +146,9 @@ def sigterm_after_first_checkpoint(cmd, tmp_path, timeout):
 def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path, image_folder):
     """Workers ignore the group's SIGTERM, so the main process finishes its step, saves and exits 143 (no 'worker
     killed')."""
-    cmd = [sys.executable, *cmc_args(tmp_path, image_folder, '--num_workers', '2', '--epochs', '50')]
+    # resnet18v1: its checkpoints are a fifth of AlexNet's (two are written here); the model plays no part
+    cmd = [sys.executable, *cmc_args(tmp_path, image_folder, '--num_workers', '2', '--epochs', '50', '--model',
+                                     'resnet18v1')]
     returncode, out, err = sigterm_after_first_checkpoint(cmd, tmp_path, timeout=60)
     assert returncode == 143, err[-3000:]
     assert 'stopped by SIGTERM' in err and 'Resume with:' in err
@@ -155,14 +157,25 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path,
 
 def test_resume_and_sigterm_under_two_processes(tmp_path, image_folder):
     """torchrun with 2 processes: SIGTERM to the group after the first checkpoint stops both after the same step
-    with the position saved (by rank 0 only: one file); --resume auto then finishes the run."""
-    args = cmc_args(tmp_path, image_folder, '--num_workers', '0', '--epochs', '30')
+    with the position saved (by rank 0 only: one file); --resume auto then finishes the run. Epoch 1's checkpoint
+    (--save_freq 1) also shows CMC's memory banks synchronised across the processes (test_distributed.py's check)."""
+    args = cmc_args(tmp_path, image_folder, '--num_workers', '0', '--epochs', '30', '--save_freq', '1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *args]
     _, out, err = sigterm_after_first_checkpoint(cmd, tmp_path, timeout=90)
     assert 'stopped by SIGTERM' in err and 'Resume with: torchrun --nproc_per_node 2' in err, err[-3000:]
     assert 'no shared file system' not in out + err              # one node: rank 0 alone writes
     (run,) = os.listdir(tmp_path / 'm')
     assert [f for f in os.listdir(tmp_path / 'm' / run) if f.startswith('.')] == []       # no probe, no temporary
+    # 24 images, 2 processes x batch 4: in epoch 1 each process saw 12 of them, 3 steps. Rows written by the
+    # momentum update are unit vectors; the random init's rows are not (norm ~1 +- 0.1). Rank 0 saved the
+    # checkpoint: with synchronised banks it holds the updates of BOTH processes' samples.
+    first = checkpoint.load_checkpoint(str(tmp_path / 'm' / run / 'ckpt_epoch_1.pth'))
+    assert first['epoch'] == 1 and first['resume_step'] == 0
+    for key in ('memory_l', 'memory_ab'):
+        norms = first['contrast'][key].norm(dim=1)
+        # F.normalize and norm again, both over feat_dim = 128 terms: <= (128 + 1) U = 7.7e-6
+        torch.testing.assert_close(norms, torch.ones(24), atol=1e-5, rtol=0)
+    assert first['contrast']['params'][2] > 0 and first['contrast']['params'][3] > 0     # Z set (NCE mode)
     stopped = checkpoint.load_checkpoint(str(tmp_path / 'm' / run / 'current.pth'))
     assert stopped['world_size'] == 2 and len(stopped['rng_per_process']) == 2
     epochs = int(stopped['epoch']) + 1 + (1 if stopped['resume_step'] else 0)

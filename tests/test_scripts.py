@@ -178,14 +178,29 @@ def test_every_spec_flag_parses_to_its_default(name, tmp_path):
         assert getattr(opt, flag) == value, flag
 
 
-@pytest.mark.parametrize('missing', ['--data_folder', '--model_path', '--tb_path'])
-def test_missing_required_path_is_one_clear_line(missing, tmp_path):
+def without(missing):
     args = ['--data_folder', 'd', '--model_path', 'm', '--tb_path', 't']
     i = args.index(missing)
     del args[i:i + 2]
-    proc = subprocess.run([sys.executable, 'train_CMC.py', *args], cwd=ROOT, capture_output=True, text=True)
+    return args
+
+
+@pytest.mark.parametrize('missing', ['--data_folder', '--model_path', '--tb_path'])
+def test_missing_required_path_is_one_clear_line(missing, capsys):
+    """What ``python train_CMC.py`` runs (errors.run_main(main) with its arguments), here in this process; the test
+    below starts the real process once (a Python and torch start costs seconds)."""
+    with pytest.raises(SystemExit) as stop:
+        errors.run_main(train_CMC.main, without(missing))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f'error: {missing} is required'
+
+
+def test_missing_required_path_ends_the_process_with_exit_2_and_one_line():
+    """As a user sees it: the exit status, and nothing else on stderr (importing the script prints nothing)."""
+    proc = subprocess.run([sys.executable, 'train_CMC.py', *without('--model_path')], cwd=ROOT, capture_output=True,
+                          text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f'error: {missing} is required'
+    assert proc.stderr.strip() == 'error: --model_path is required'
 
 
 def test_amp_runs_on_the_cpu_with_bfloat16_and_names_the_run(tmp_path, image_folder):
