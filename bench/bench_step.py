@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from engine import runtime  # noqa: E402
-from models import build_cmc_model  # noqa: E402
+from models import CMC_MODEL_NAMES, build_cmc_model  # noqa: E402
 from NCE.NCEAverage import score_against_memory  # noqa: E402
 
 
@@ -74,12 +74,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
-    p.add_argument('--model', default='resnet18v1', help='the CMC encoder pair of the step rows')
+    p.add_argument('--model', default='resnet18v1', choices=CMC_MODEL_NAMES, help='the CMC encoder pair of the step rows')
     p.add_argument('--image_size', type=int, default=64)
     p.add_argument('--batch', type=int, default=64)
     p.add_argument('--skip-banks', action='store_true', help='only the step rows')
-    p.add_argument('--smoke', action='store_true', help='a tiny bank and batch, 3 repeats: checks that it runs')
+    p.add_argument('--smoke', action='store_true', help='a tiny bank, batch 4, 3 repeats (overrides --batch): '
+                   'checks that it runs')
     args = p.parse_args()
+    if args.batch < 1 or args.image_size < 8 or (args.threads is not None and args.threads < 1):
+        p.error('--batch and --threads must be at least 1, --image_size at least 8')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False)')
     banks = ((('tiny bank', 256, 16),) if args.smoke else
              (('demo bank', 1528, 1024), ('ImageNet bank', 1_281_167, 16384)))
     banks = () if args.skip_banks else banks

@@ -2,7 +2,8 @@
 
 ``make_jpegs(folder, count, size)`` writes ``count`` files of ``size`` = (width, height) pixels, quality 90: random
 crops (60-100% of each side), resizes and flips of astronaut, coffee, chelsea, rocket and hubble_deep_field.
-Deterministic for a seed. Used by bench/loader.py (one folder of files) and bench/end_to_end.py (an ImageFolder).
+Deterministic for a seed. Used by bench/loader.py (one folder of files) and bench/end_to_end.py (an ImageFolder);
+a module, not a script (no command line).
 """
 import os
 from multiprocessing import Pool
