@@ -49,7 +49,11 @@ def parse_args(argv=None):
     p.add_argument('--data_folder', default=None)
     p.add_argument('--results', default=os.path.join(ROOT, 'results'), help='where findings.md, .json, .png go')
     p.add_argument('--work', default=None, help='checkpoints and logs (default /tmp/cmc_findings/<finding>)')
+    p.add_argument('--lanes', type=int, default=1, help='runs side by side, each on one thread (as the demo\'s lanes: '
+                   'more work per core on 2 cores); 1: one run at a time on all threads, as the README\'s tables ran')
     args = p.parse_args(argv)
+    if args.lanes < 1 or (args.smoke and args.lanes > 1):
+        p.error('--lanes must be at least 1, and 1 with --smoke (its runs share this process)')
     args.epochs = args.epochs or (1 if args.smoke else EPOCHS[args.finding])
     args.work = args.work or os.path.join('/tmp/cmc_findings', args.finding)
     return args
@@ -62,7 +66,9 @@ def run(args, script_args, log):
         if args.smoke:
             code = run_here(script_args, f)
         else:
-            code = subprocess.call([sys.executable, *script_args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            env = {**os.environ, 'OMP_NUM_THREADS': '1'} if args.lanes > 1 else None
+            code = subprocess.call([sys.executable, *script_args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                   env=env)
     if code:
         raise SystemExit(f'failed ({code}): {" ".join(script_args[:1])}; see {log}:\n' + open(log).read()[-800:])
 
@@ -177,21 +183,37 @@ def evaluate(args, seed, ckpt, name, probe_sets):
     return row
 
 
+def in_lanes(args, job, items):
+    """[job(item) for item in items], ``args.lanes`` at a time (threads that each wait on a subprocess), in order."""
+    if args.lanes == 1:
+        return [job(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(args.lanes) as pool:
+        return list(pool.map(job, items))
+
+
 def run_seed(args, seed):
     """All the runs of one seed: {run label: {metric: value}}."""
     rows = {}
     if args.finding == 'views':
-        for label, views, paradigm in (VIEW_RUNS[:1] + VIEW_RUNS[2:3] if args.smoke else VIEW_RUNS):
+        def views_run(run):
+            label, views, paradigm = run
             ckpt, minutes = pretrain(args, seed, '_'.join(views) + '_' + paradigm, views, paradigm)
-            rows[label] = {**evaluate(args, seed, ckpt, label.split()[0] + paradigm, [['L']]), 'minutes': minutes}
-            say(f'seed {seed} {label}: {rows[label]}')
+            row = {**evaluate(args, seed, ckpt, label.split()[0] + paradigm, [['L']]), 'minutes': minutes}
+            say(f'seed {seed} {label}: {row}')
+            return label, row
+        rows.update(in_lanes(args, views_run, VIEW_RUNS[:1] + VIEW_RUNS[2:3] if args.smoke else VIEW_RUNS))
         rows['random init'] = evaluate(args, seed, random_encoder(args, seed), 'random', [['L']])
     elif args.finding == 'objective':
         probe_sets = [['L']] if args.smoke else [['L'], ['L', 'ab']]
-        for label, views, objective in OBJECTIVE_RUNS:
+
+        def objective_run(run):
+            label, views, objective = run
             ckpt, minutes = pretrain(args, seed, objective, views, objective=objective)
-            rows[label] = {**evaluate(args, seed, ckpt, objective, probe_sets), 'minutes': minutes}
-            say(f'seed {seed} {label}: {rows[label]}')
+            row = {**evaluate(args, seed, ckpt, objective, probe_sets), 'minutes': minutes}
+            say(f'seed {seed} {label}: {row}')
+            return label, row
+        rows.update(in_lanes(args, objective_run, OBJECTIVE_RUNS))
         rows['random init'] = evaluate(args, seed, random_encoder(args, seed), 'random', probe_sets[:1])
     else:
         ckpt = args.checkpoint or pretrain(args, seed, 'contrastive', ['L', 'ab'])[0]
@@ -210,6 +232,9 @@ def say(text):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.lanes > 1:
+        import torch
+        torch.set_num_threads(1)        # the in-process kNN of each lane, like its subprocesses
     from findings_report import write_section
     store = os.path.join(args.results, f'findings_{args.finding}{"_smoke" if args.smoke else ""}.json')
     saved = json.load(open(store)) if os.path.isfile(store) else {}
