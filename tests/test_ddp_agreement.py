@@ -16,7 +16,8 @@ from torch import nn
 
 from conftest import ROOT
 from engine.errors import UserError
-from engine.loop import Fit, StopSignal
+from engine.loop import Fit
+from engine.signals import StopSignal
 from engine.runtime import Runtime
 
 

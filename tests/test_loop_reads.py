@@ -8,7 +8,8 @@ import torch
 
 from engine import runtime
 from engine.errors import TrainingStopped
-from engine.loop import StepResult, StopSignal, train_epoch
+from engine.loop import StepResult, train_epoch
+from engine.signals import StopSignal
 
 FIELDS = [('loss', 'loss'), ('prob', 'prob')]
 
