@@ -1,8 +1,8 @@
 """Colour views: batched colour-space conversions that reproduce scikit-image, their value ranges and
 normalisation, uint8 kernels for the CPU (Lab, YCbCr, RGB: ``fast_rgb_to_lab``, ``fast_rgb_to_ycbcr``, ``FastView``),
 ``DeviceView`` (uint8 crops -> normalised view, batched on the device), ``ViewStack`` (named views),
-``PrenormalisedViews`` (views the loader already converted, ``--color_on_cpu``) and the reference's per-image
-``RGB2<space>`` callables.
+``PrenormalisedViews`` (views the loader already converted, ``--color_on_cpu``). The reference's per-image
+``RGB2<space>`` callables are in ``colour_reference``.
 
 Colour conversions follow scikit-image 0.26 (`skimage/color/colorconv.py`) exactly: same constants, same D65 /
 2-degree white point, same piecewise sRGB gamma, same HSV tie rules, same HED log/clipping, same output units.
@@ -491,44 +491,8 @@ class PrenormalisedViews(nn.Module):
         return f"channels={self.channels}"
 
 
-class ColourConversion:
-    """Callable PIL RGB image -> H x W x 3 float array in `space` (the reference's RGB2<space>).
-
-    use_skimage=False (default) runs our torch conversion, so tests of these callables validate
-    the code DeviceView runs; use_skimage=True calls scikit-image in float64 like the reference.
-    """
-
-    space = None  # set by the named subclasses, or passed in
-
-    def __init__(self, space=None, use_skimage=False):
-        self.space = canonical_space(space or self.space)
-        self.use_skimage = use_skimage
-
-    def __call__(self, img):
-        rgb = np.array(img.convert('RGB') if img.mode != 'RGB' else img, dtype=np.uint8)  # H x W x 3, writable
-        if self.space == 'RGB':
-            return rgb.astype(np.float64 if self.use_skimage else np.float32) / 255.0
-        if self.use_skimage:
-            import skimage.color  # only the reference path needs scikit-image
-            return getattr(skimage.color, SKIMAGE_FUNCTIONS[self.space])(rgb)
-        chw = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)  # 3 x H x W
-        return rgb_to(self.space, chw).permute(1, 2, 0).numpy()
-
-    def __repr__(self):
-        return f"{type(self).__name__}(space={self.space!r}, use_skimage={self.use_skimage})"
-
-
-# The reference's names, kept so old code and scripts read the same: RGB2Lab, RGB2YCbCr, RGB2HSV, RGB2HED, RGB2LUV,
-# RGB2YUV, RGB2XYZ, RGB2YDbDr, RGB2YPbPr, RGB2YIQ and RGB2CIERGB, each a ColourConversion fixed to its space.
-REFERENCE_CONVERSIONS = ('Lab', 'YCbCr', 'HSV', 'HED', 'LUV', 'YUV', 'XYZ', 'YDbDr', 'YPbPr', 'YIQ', 'CIERGB')
-for _space in REFERENCE_CONVERSIONS:
-    globals()[f'RGB2{_space}'] = type(f'RGB2{_space}', (ColourConversion,), {
-        'space': _space, '__module__': __name__,
-        '__doc__': f'PIL RGB image -> H x W x 3 float array equal to scikit-image {SKIMAGE_FUNCTIONS[_space]}.'})
-
 __all__ = ['XYZ_FROM_RGB', 'D65_WHITE', 'RGB_FROM_HED', 'XYZ_FROM_CIERGB', 'YUV_FROM_RGB', 'YIQ_FROM_RGB',
            'YPBPR_FROM_RGB', 'YCBCR_FROM_RGB', 'YCBCR_OFFSET', 'YDBDR_FROM_RGB', 'HED_FROM_RGB', 'CIERGB_FROM_RGB',
            'COLOUR_SPACES', 'SKIMAGE_FUNCTIONS', 'canonical_space', 'rgb_to', 'VALUE_RANGES', 'VIEW_STATS',
-           'CPU_KERNEL_SPACES', 'fast_rgb_to_lab', 'fast_rgb_to_ycbcr', 'FastView', 'DeviceView', 'ColourConversion',
-           'REFERENCE_CONVERSIONS', 'COLOUR_VIEWS', 'CHROMA_VIEWS',
-           'view_channels', 'ViewStack', 'PrenormalisedViews'] + [f'RGB2{s}' for s in REFERENCE_CONVERSIONS]
+           'CPU_KERNEL_SPACES', 'fast_rgb_to_lab', 'fast_rgb_to_ycbcr', 'FastView', 'DeviceView', 'COLOUR_VIEWS', 'CHROMA_VIEWS',
+           'view_channels', 'ViewStack', 'PrenormalisedViews']

@@ -21,7 +21,9 @@ from torchvision import datasets, transforms
 
 import cpu_pipeline
 from colour import *  # noqa: F401,F403  the colour names, importable from here as in the reference
-from colour import COLOUR_VIEWS, ColourConversion, VIEW_STATS, canonical_space
+from colour import COLOUR_VIEWS, VIEW_STATS, canonical_space
+from colour_reference import *  # noqa: F401,F403  RGB2Lab, RGB2YCbCr, ..., as in the reference
+from colour_reference import ColourConversion
 from engine.errors import MissingSplit, UserError
 
 # ---------------------------------------------------------------------------------------------
