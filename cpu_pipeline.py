@@ -15,6 +15,10 @@ at which the crop box still has at least the output resolution, so the final bil
 ever shrinks; the result then differs from a full-resolution decode of the same box only by the DCT-domain
 pre-filtering: mean |diff| ~1 uint8 level (<= 4 per crop), see `DRAFT_TOLERANCE`. With no reduction the result is
 exactly torchvision's RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
+
+Reading (`read_rgb`, `image_loader`): the ImageFolder loader for transforms that take tensors decodes JPEG files with
+torchvision's libjpeg-turbo (`torchvision.io.decode_jpeg`) straight into a uint8 tensor: the same pixels as PIL's
+decode + convert('RGB'), without PIL's two copies (convert, then the numpy view of the bytes).
 """
 
 import math
@@ -24,6 +28,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.datasets.folder import default_loader
+
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # a torchvision without its image codecs (deprecated in 0.29 for TorchCodec's): PIL decodes all
+    decode_jpeg = None
+# torchvision 0.29 warns on every decode that its codecs move to TorchCodec (the same libjpeg-turbo, the same pixels:
+# compared 2026-11-30 with torchcodec 0.17); not the user's concern, and the ImportError above covers the removal.
+warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision are deprecated',
+                        category=DeprecationWarning)
 
 # Agreement of a draft (reduced-scale) decode with a full decode of the same box, per crop, in uint8 levels: the bounds
 # tests/test_cpu_pipeline.py asserts. Measured on scikit-image photographs saved as JPEG quality 90 at 500 x 375, 200
@@ -150,7 +164,10 @@ TORCH_RESIZE_TOLERANCE = {'mean_abs': 0.25, 'max_abs': 1}
 def _pixels(image):
     """PIL image -> uint8 tensor 1 x C x H x W (a channels-last view of PIL's H x W x C bytes; C is 3, or 1 for 'L').
 
-    Other modes (P, RGBA, CMYK...) become RGB first, as torchvision's default loader would have made them."""
+    Other modes (P, RGBA, CMYK...) become RGB first, as torchvision's default loader would have made them. A uint8
+    C x H x W tensor (`read_rgb`'s) is taken as it is."""
+    if isinstance(image, torch.Tensor):
+        return image[None]
     if image.mode not in ('RGB', 'L'):
         image = image.convert('RGB')
     array = np.asarray(image)       # read-only: only read below (interpolate writes a new tensor)
@@ -162,7 +179,7 @@ def _pixels(image):
 
 
 def torch_resized_crop(image, box, size, flip=False):
-    """Crop box (top, left, h, w; integers) of a PIL image and resize it to size x size: uint8 C x S x S, contiguous.
+    """Crop box (top, left, h, w; integers) of a PIL image (or uint8 C x H x W tensor) and resize it to size x size: uint8 C x S x S, contiguous.
 
     torch's uint8 bilinear resize with antialias=True (a vectorised kernel, ~2.5x PIL's per core for 224 px crops),
     within `TORCH_RESIZE_TOLERANCE` of torchvision's RandomResizedCrop on the same box (PIL BILINEAR, which
@@ -181,11 +198,14 @@ def torch_resized_crop(image, box, size, flip=False):
 class FastRandomResizedCrop:
     """Transform: PIL image -> uint8 C x S x S tensor; replaces RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
 
-    Draws the box and the flip exactly as torchvision (same seeded draws, same order), then: a reduced-scale JPEG
+    Also takes a uint8 C x H x W tensor (`read_rgb`'s output; ``accepts_tensors``, so `image_loader` picks that
+    loader). Draws the box and the flip exactly as torchvision (same seeded draws, same order), then: a reduced-scale JPEG
     decode when the file is not decoded yet and the box has 2x the output to spare (`decode_crop`, PIL resize of the
     fractional box), else `torch_resized_crop` (within 1 uint8 level of torchvision's pixels). Grayscale ('L')
     images stay one channel, as PILToTensor leaves them. Picklable, so it runs in DataLoader workers.
     """
+
+    accepts_tensors = True
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), flip_p=0.5):
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
@@ -194,7 +214,7 @@ class FastRandomResizedCrop:
         box = transforms.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
         flip = bool(torch.rand(1) < self.flip_p)
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
-        if _is_unloaded_jpeg(image) and image.mode == 'RGB' and draft_scale(image.size, box, size) > 1:
+        if isinstance(image, Image.Image) and _is_unloaded_jpeg(image) and image.mode == 'RGB' and draft_scale(image.size, box, size) > 1:
             return decode_crop(image, box, size, flip=flip)
         return torch_resized_crop(image, box, size, flip)
 
@@ -211,5 +231,33 @@ def lazy_loader(path):
     return Image.open(path)
 
 
-__all__ = ['draft_scale', 'decode_crop', 'draft_random_resized_crop', 'DraftRandomResizedCrop', 'lazy_loader',
-           'DRAFT_TOLERANCE', 'torch_resized_crop', 'FastRandomResizedCrop', 'TORCH_RESIZE_TOLERANCE']
+_JPEG_MAGIC = b'\xff\xd8\xff'
+
+
+def read_rgb(path):
+    """The image file at path as RGB: a uint8 3 x H x W tensor for JPEG files, else a PIL RGB image.
+
+    JPEG: `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; bit-identical to ``Image.open(path).convert('RGB')``
+    on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale and CMYK files, see tests/test_cpu_pipeline.py) into a
+    channels-last view of its H x W x 3 buffer: ~0.4 ms less per 500 x 375 file than PIL's decode plus the copies into
+    a tensor (bench/loader.py). A file libjpeg-turbo refuses (truncated, corrupt, 12-bit) and every other format go
+    through torchvision's PIL loader, so errors are PIL's (OSError, ...), as with the default loader.
+    """
+    with open(path, 'rb') as handle:
+        data = handle.read()
+    if data[:3] == _JPEG_MAGIC and decode_jpeg is not None:
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # PIL decodes what it can (or says what is wrong, as the default loader would)
+    return default_loader(path)
+
+
+def image_loader(transform):
+    """The ImageFolder loader for a transform: `read_rgb` when it takes tensors (``transform.accepts_tensors``), else
+    torchvision's default PIL loader."""
+    return read_rgb if getattr(transform, 'accepts_tensors', False) else default_loader
+
+
+__all__ = ['read_rgb', 'image_loader', 'draft_scale', 'decode_crop', 'draft_random_resized_crop',
+           'DraftRandomResizedCrop', 'lazy_loader', 'DRAFT_TOLERANCE', 'torch_resized_crop', 'FastRandomResizedCrop', 'TORCH_RESIZE_TOLERANCE']

@@ -178,7 +178,9 @@ class ImageFolderInstance(datasets.ImageFolder):
     and key). skip_bad_images: an undecodable file is replaced by the next decodable item (its
     image, target and index are returned) and remembered in `skipped_files` / `num_skipped`.
     Those counters live in the process that read the item: with DataLoader workers the parent's
-    copy stays 0 (each worker warns once per skipped file instead).
+    copy stays 0 (each worker warns once per skipped file instead). A transform that takes tensors
+    (``accepts_tensors``: `cpu_pipeline.FastRandomResizedCrop`) gets JPEG files as uint8 tensors
+    (`cpu_pipeline.read_rgb`, the same pixels), every other transform PIL RGB images.
     """
 
     def __init__(self, root, transform=None, target_transform=None, two_crop=False, skip_bad_images=False):
@@ -187,7 +189,8 @@ class ImageFolderInstance(datasets.ImageFolder):
             raise UserError(f"image folder {root} does not exist: expected class sub-folders with .jpg/.png files")
         _check_two_crop(transform, two_crop)
         try:
-            super().__init__(root, transform=transform, target_transform=target_transform)
+            super().__init__(root, transform=transform, target_transform=target_transform,
+                             loader=cpu_pipeline.image_loader(transform))
         except FileNotFoundError as error:
             detail = str(error).splitlines()[0] if str(error) else ''
             raise UserError(f"no images found under {root}: expected class sub-folders with .jpg/.png files"
@@ -220,7 +223,7 @@ class ImageFolderInstance(datasets.ImageFolder):
 
     def image(self, index):
         """The untransformed RGB image of item ``index`` (PIL), as decoded from its file."""
-        return self.loader(self.samples[index][0]).convert('RGB')
+        return datasets.folder.default_loader(self.samples[index][0])
 
     def relabel(self, classes):
         """Number this set's classes as ``classes`` (another split's list, matched by name); see ``class_map``."""

@@ -7,7 +7,8 @@ temporary folder. Every pipeline reads the same files with a torch DataLoader (b
   reference  per image in the worker: PIL decode, RandomResizedCrop(224, scale=(0.2, 1)), flip, scikit-image float64
              conversion (rgb2lab / rgb2ycbcr), ToTensor, Normalize (dataset.VIEW_STATS); MoCo/InsDis RGB: crop,
              RandomGrayscale, ColorJitter, flip, ToTensor, Normalize (ImageNet statistics).
-  ours       as training runs it: workers deliver uint8 crops (dataset.cmc_train_transform / moco_train_transform),
+  ours       as training runs it: workers read JPEG files into uint8 tensors (cpu_pipeline.read_rgb: torchvision's
+             decode_jpeg) and deliver uint8 crops (dataset.cmc_train_transform; MoCo: PIL, moco_train_transform),
              the main process converts each batch with dataset.DeviceView (on the CPU here, so it is CPU time;
              there DeviceView runs colour's uint8 kernels for Lab, YCbCr and RGB).
   levers     the generic view (DeviceView(space, cpu_kernel=False): the formula accelerators run, here on the CPU),
@@ -110,6 +111,7 @@ def worker_fast_view(size, space):
 def cmc_pipelines(space, size):
     """Reference, ours as training runs it (the default crop, DeviceView), and the levers one by one."""
     generic = dataset.DeviceView(space, cpu_kernel=False)  # the formula accelerators run, here on the CPU
+    crop = dataset.cmc_train_transform(size)  # and the loader ImageFolderInstance picks for it (cpu_pipeline.read_rgb)
     return [
         Pipeline(f'{space} reference (skimage f64)', full_loader, dataset.reference_cmc_transform(size, 0.2, space)),
         Pipeline(f'{space} before: PIL crop + generic view', full_loader,
@@ -117,7 +119,9 @@ def cmc_pipelines(space, size):
         Pipeline(f'{space} + torch resize, generic view', full_loader, dataset.cmc_train_transform(size), generic),
         Pipeline(f'{space} + draft decode (PIL resize)', cpu_pipeline.lazy_loader,
                  cpu_pipeline.DraftRandomResizedCrop(size), generic),
-        Pipeline(f'{space} ours as trained: DeviceView', full_loader, dataset.cmc_train_transform(size),
+        Pipeline(f'{space} + PIL decode, DeviceView', full_loader, dataset.cmc_train_transform(size),
+                 dataset.DeviceView(space)),
+        Pipeline(f'{space} ours as trained: DeviceView', cpu_pipeline.image_loader(crop), crop,
                  dataset.DeviceView(space)),
         Pipeline(f'{space} ours + FastView (workers)', cpu_pipeline.lazy_loader, worker_fast_view(size, space)),
     ]
@@ -133,15 +137,15 @@ def moco_pipelines(size):
 
 
 def lever_pipelines(size):
-    """Loader options on the best Lab pipeline (fast crop + DeviceView's CPU kernel in main)."""
-    draft = cpu_pipeline.FastRandomResizedCrop(size, scale=(0.2, 1.0))
-    view = dataset.DeviceView('Lab')
+    """Loader options on Lab as trained (read_rgb, fast crop, DeviceView's CPU kernel in main)."""
+    crop, view = dataset.cmc_train_transform(size), dataset.DeviceView('Lab')
+    read = cpu_pipeline.image_loader(crop)
     levers = [
-        Pipeline('Lab lever: persistent workers', cpu_pipeline.lazy_loader, draft, view, persistent_workers=True),
-        Pipeline('Lab lever: prefetch_factor 4', cpu_pipeline.lazy_loader, draft, view, prefetch_factor=4),
+        Pipeline('Lab lever: persistent workers', read, crop, view, persistent_workers=True),
+        Pipeline('Lab lever: prefetch_factor 4', read, crop, view, prefetch_factor=4),
     ]
     if torch.cuda.is_available():
-        levers.append(Pipeline('Lab lever: pin_memory', cpu_pipeline.lazy_loader, draft, view, pin_memory=True))
+        levers.append(Pipeline('Lab lever: pin_memory', read, crop, view, pin_memory=True))
     return levers
 
 
@@ -252,15 +256,18 @@ def conversion_table(size, calls):
 def stage_table(paths, size, calls):
     """Per-image CPU ms of each stage of one item (decode, crop, convert), to explain the pipeline figures."""
     data = [open(path, 'rb').read() for path in paths[:8]]
-    crop = dataset.cmc_train_transform(size)
+    crop, pil_crop = dataset.cmc_train_transform(size), dataset.cmc_train_transform(size, fast=False)
     torch.manual_seed(0)
     stages = [
         ('decode full (PIL)', lambda d: Image.open(io.BytesIO(d)).convert('RGB')),
-        ('decode + RRC + flip + PILToTensor', lambda d: crop(Image.open(io.BytesIO(d)).convert('RGB'))),
+        ('decode full (torchvision decode_jpeg)', lambda d: cpu_pipeline.decode_jpeg(
+            torch.frombuffer(bytearray(d), dtype=torch.uint8))),
+        ('decode + RRC + flip + PILToTensor', lambda d: pil_crop(Image.open(io.BytesIO(d)).convert('RGB'))),
         ('draft decode + RRC + flip (PIL resize)', lambda d: cpu_pipeline.DraftRandomResizedCrop(size)(Image.open(
             io.BytesIO(d)))),
-        ('decode + RRC + flip (ours: torch resize)', lambda d: cpu_pipeline.FastRandomResizedCrop(size, (0.2, 1.0))(
-            Image.open(io.BytesIO(d)))),
+        ('decode + RRC + flip (PIL, torch resize)', lambda d: crop(Image.open(io.BytesIO(d)).convert('RGB'))),
+        ('decode + RRC + flip (ours: decode_jpeg)', lambda d: crop(cpu_pipeline.decode_jpeg(
+            torch.frombuffer(bytearray(d), dtype=torch.uint8)))),
         ('reference Lab item (all steps)', lambda d: dataset.reference_cmc_transform(size, 0.2, 'Lab')(
             Image.open(io.BytesIO(d)).convert('RGB'))),
     ]

@@ -1,0 +1,117 @@
+"""cpu_pipeline.read_rgb (JPEG through torchvision's decode_jpeg) against PIL's decode, and the loader that
+ImageFolderInstance picks for each transform: same pixels, same crops, PIL's errors for files it cannot read."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from torchvision.datasets.folder import default_loader
+
+import cpu_pipeline
+import dataset
+from engine.errors import UserError
+
+JPEG_VARIANTS = {  # Pillow save options -> a JPEG flavour a data set may hold
+    'baseline 4:2:0 q90': dict(quality=90),
+    'progressive': dict(quality=90, progressive=True),
+    '4:4:4': dict(quality=95, subsampling=0),
+    '4:2:2': dict(quality=75, subsampling=1),
+    'optimised q30': dict(quality=30, optimize=True),
+}
+
+
+def save(path, array, mode='RGB', **options):
+    Image.fromarray(array).convert(mode).save(path, **options)
+    return str(path)
+
+
+def pil_pixels(path):
+    """What torchvision's default loader decodes, as a uint8 3 x H x W tensor."""
+    return torch.from_numpy(np.array(default_loader(path))).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize('variant', sorted(JPEG_VARIANTS))
+@pytest.mark.parametrize('photo', ['astronaut', 'chelsea'])
+def test_jpeg_pixels_equal_pil(tmp_path, variant, photo):
+    path = save(tmp_path / 'x.jpg', getattr(skimage.data, photo)(), **JPEG_VARIANTS[variant])
+    ours = cpu_pipeline.read_rgb(path)
+    assert isinstance(ours, torch.Tensor) and ours.dtype == torch.uint8 and ours.shape[0] == 3
+    assert torch.equal(ours, pil_pixels(path))
+
+
+@pytest.mark.parametrize('mode', ['L', 'CMYK'])
+def test_grayscale_and_cmyk_jpeg_become_the_same_rgb(tmp_path, mode):
+    path = save(tmp_path / 'x.jpg', skimage.data.coffee(), mode=mode, quality=90)
+    ours = cpu_pipeline.read_rgb(path)
+    assert ours.shape == (3, 400, 600) and torch.equal(ours, pil_pixels(path))
+
+
+def test_other_formats_and_broken_jpegs_go_through_pil(tmp_path):
+    png = save(tmp_path / 'x.png', skimage.data.coffee())
+    image = cpu_pipeline.read_rgb(png)
+    assert isinstance(image, Image.Image) and image.mode == 'RGB'
+    assert np.array_equal(np.array(image), skimage.data.coffee())
+    good = save(tmp_path / 'good.jpg', skimage.data.coffee(), quality=90)
+    data = open(good, 'rb').read()
+    (tmp_path / 'cut.jpg').write_bytes(data[:len(data) // 2])
+    with pytest.raises(OSError, match='truncated'):  # PIL's error, as the default loader raises it
+        cpu_pipeline.read_rgb(str(tmp_path / 'cut.jpg'))
+    (tmp_path / 'junk.jpg').write_bytes(data[:3] + b'not a jpeg at all' * 10)
+    with pytest.raises(OSError):
+        cpu_pipeline.read_rgb(str(tmp_path / 'junk.jpg'))
+    with pytest.raises(FileNotFoundError):
+        cpu_pipeline.read_rgb(str(tmp_path / 'missing.jpg'))
+
+
+def test_fast_crop_of_the_tensor_equals_the_crop_of_the_pil_image(tmp_path):
+    path = save(tmp_path / 'x.jpg', skimage.data.astronaut(), quality=90)
+    crop = dataset.cmc_train_transform(96, 0.2)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        from_pil = crop(default_loader(path))
+        torch.manual_seed(seed)
+        from_tensor = crop(cpu_pipeline.read_rgb(path))
+        assert from_tensor.is_contiguous() and torch.equal(from_tensor, from_pil)
+
+
+def make_folder(root, count=6):
+    for index in range(count):
+        folder = root / 'train' / f'class_{index % 2}'
+        folder.mkdir(parents=True, exist_ok=True)
+        photo = skimage.data.chelsea() if index % 2 else skimage.data.coffee()
+        save(folder / f'{index}.jpg', np.ascontiguousarray(photo[:, index * 10:]), quality=85)
+    return root
+
+
+def test_image_folder_picks_the_loader_by_transform_and_items_agree(tmp_path):
+    root = make_folder(tmp_path)
+    fast = dataset.build_dataset('folder', str(root), 'train', dataset.cmc_train_transform(64, 0.2))
+    pil = dataset.build_dataset('folder', str(root), 'train', dataset.cmc_train_transform(64, 0.2, fast=False))
+    assert fast.loader is cpu_pipeline.read_rgb and pil.loader is default_loader
+    assert isinstance(fast.image(0), Image.Image)  # image() stays a PIL image for every transform
+    reference = dataset.ImageFolderInstance(str(root / 'train'), transform=dataset.cmc_train_transform(64, 0.2))
+    reference.loader = default_loader  # the same transform fed PIL images: a second path to the same crops
+    for index in range(len(fast)):
+        torch.manual_seed(index)
+        ours, target, item = fast[index]
+        torch.manual_seed(index)
+        expected, expected_target, expected_item = reference[index]
+        assert torch.equal(ours, expected) and (target, item) == (expected_target, expected_item)
+
+
+def test_skip_bad_images_with_the_tensor_loader(tmp_path):
+    root = make_folder(tmp_path)
+    broken = root / 'train' / 'class_0' / '2.jpg'
+    broken.write_bytes(broken.read_bytes()[:500])
+    transform = dataset.cmc_train_transform(32, 0.2)
+    strict = dataset.build_dataset('folder', str(root), 'train', transform)
+    with pytest.raises(UserError, match='cannot decode image .*2.jpg.*--skip_bad_images'):
+        strict[1]  # class_0 holds 0, 2, 4: item 1 is 2.jpg
+    lenient = dataset.build_dataset('folder', str(root), 'train', transform, skip_bad_images=True)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter('always')
+        image, target, index = lenient[1]
+    assert index == 2 and target == 0 and image.shape == (3, 32, 32) and lenient.num_skipped == 1
