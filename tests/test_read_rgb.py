@@ -1,6 +1,5 @@
 """cpu_pipeline.read_rgb (JPEG through torchvision's decode_jpeg) against PIL's decode, and the loader that
 ImageFolderInstance picks for each transform: same pixels, same crops, PIL's errors for files it cannot read."""
-import io
 import warnings
 
 import numpy as np
