@@ -2,6 +2,7 @@
 import os
 import re
 import sys
+import traceback
 
 import torch.distributed as dist
 
@@ -31,10 +32,14 @@ def run_main(main, argv=None):
         if os.environ.get('LOCAL_RANK', '0') == '0':     # under torchrun once per node: all processes raise it
             print(f'error: {one_line(e)}', file=sys.stderr)
         code = 2
+        release_frames(e)
     except TrainingStopped as e:
         if str(e):
             print(str(e), file=sys.stderr)
         code = e.exit_code
+    except BaseException as e:  # a traceback follows; first free what the failed frames hold, as above
+        release_frames(e)
+        raise
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -46,6 +51,19 @@ def run_main(main, argv=None):
                 os._exit(code)
     if code:
         sys.exit(code)
+
+
+def release_frames(error):
+    """Clear the locals of the finished frames in an exception's traceback (and its causes'), so that what they hold is
+    freed now rather than at exit. A DataLoader iterator whose worker raised sits in such frames, in a reference cycle
+    (torch's re-raise frame holds the exception, which holds the frame): left to the end, multiprocessing's exit hook
+    sends its workers one SIGTERM, which they ignore (`engine.data.ignore_stop_signals`), and waits for them forever.
+    Freed here, the iterator shuts its workers down itself. Tracebacks still print (they keep code and line numbers)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # skips frames still running (run_main's own)
+        error = error.__cause__ or error.__context__
 
 
 def one_line(error):

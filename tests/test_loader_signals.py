@@ -58,3 +58,43 @@ def test_sigterm_while_workers_start(tmp_path, kind):
             assert child.returncode == -9
             return
     assert child.returncode != 0 and 'killed by signal' in err, (child.returncode, out, err[-2000:])
+
+
+ERROR_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from engine.data import Loader, ignore_stop_signals
+    from engine.errors import UserError, run_main
+
+    class Items:
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, index):
+            if index == 5:
+                raise (UserError if sys.argv[1] == 'user' else RuntimeError)(f'item {{index}} is bad')
+            return index
+
+    def main(argv):
+        for batch in Loader(Items(), batch_size=4, num_workers=2, worker_init_fn=ignore_stop_signals):
+            pass
+
+    run_main(main)
+""")
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='forked loader workers (Linux)')
+@pytest.mark.parametrize('kind', ['user', 'bug'])
+def test_a_worker_error_ends_the_run(tmp_path, kind):
+    # A worker's exception comes back to the main process inside a reference cycle that holds the loader's iterator.
+    # Left to the interpreter's exit, multiprocessing sent its workers one SIGTERM, which ignore_stop_signals ignores,
+    # then joined them forever (the error line printed, the process never ended). run_main frees the failed frames,
+    # so the iterator shuts its workers down at once: the real interpreter exit is what this checks, so a subprocess.
+    script = tmp_path / 'child.py'
+    script.write_text(ERROR_CHILD.format(root=ROOT))
+    result = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True, timeout=60,
+                            start_new_session=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if kind == 'user':
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == 'error: item 5 is bad', result
+    else:  # a bug keeps its traceback (from the worker) and exit status 1
+        assert result.returncode == 1 and 'RuntimeError: item 5 is bad' in result.stderr, result
