@@ -21,6 +21,7 @@ torchvision's libjpeg-turbo (`torchvision.io.decode_jpeg`) straight into a uint8
 decode + convert('RGB'), without PIL's two copies (convert, then the numpy view of the bytes).
 """
 
+import io
 import math
 import warnings
 
@@ -167,6 +168,9 @@ def _pixels(image):
     Other modes (P, RGBA, CMYK...) become RGB first, as torchvision's default loader would have made them. A uint8
     C x H x W tensor (`read_rgb`'s) is taken as it is."""
     if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected a uint8 C x H x W tensor with C = 1 or 3, got {image.dtype} "
+                             f"{tuple(image.shape)}")
         return image[None]
     if image.mode not in ('RGB', 'L'):
         image = image.convert('RGB')
@@ -179,7 +183,8 @@ def _pixels(image):
 
 
 def torch_resized_crop(image, box, size, flip=False):
-    """Crop box (top, left, h, w; integers) of a PIL image (or uint8 C x H x W tensor) and resize it to size x size: uint8 C x S x S, contiguous.
+    """Crop box (top, left, h, w; integers) of a PIL image or a uint8 C x H x W tensor and resize it to size x size:
+    uint8 C x S x S, contiguous.
 
     torch's uint8 bilinear resize with antialias=True (a vectorised kernel, ~2.5x PIL's per core for 224 px crops),
     within `TORCH_RESIZE_TOLERANCE` of torchvision's RandomResizedCrop on the same box (PIL BILINEAR, which
@@ -199,9 +204,9 @@ class FastRandomResizedCrop:
     """Transform: PIL image -> uint8 C x S x S tensor; replaces RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
 
     Also takes a uint8 C x H x W tensor (`read_rgb`'s output; ``accepts_tensors``, so `image_loader` picks that
-    loader). Draws the box and the flip exactly as torchvision (same seeded draws, same order), then: a reduced-scale JPEG
-    decode when the file is not decoded yet and the box has 2x the output to spare (`decode_crop`, PIL resize of the
-    fractional box), else `torch_resized_crop` (within 1 uint8 level of torchvision's pixels). Grayscale ('L')
+    loader). Draws the box and the flip exactly as torchvision (same seeded draws, same order), then: a reduced-scale
+    JPEG decode when the file is not decoded yet and the box has 2x the output to spare (`decode_crop`, PIL resize of
+    the fractional box), else `torch_resized_crop` (within 1 uint8 level of torchvision's pixels). Grayscale ('L')
     images stay one channel, as PILToTensor leaves them. Picklable, so it runs in DataLoader workers.
     """
 
@@ -214,7 +219,8 @@ class FastRandomResizedCrop:
         box = transforms.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
         flip = bool(torch.rand(1) < self.flip_p)
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
-        if isinstance(image, Image.Image) and _is_unloaded_jpeg(image) and image.mode == 'RGB' and draft_scale(image.size, box, size) > 1:
+        draft = isinstance(image, Image.Image) and _is_unloaded_jpeg(image) and image.mode == 'RGB'
+        if draft and draft_scale(image.size, box, size) > 1:
             return decode_crop(image, box, size, flip=flip)
         return torch_resized_crop(image, box, size, flip)
 
@@ -231,26 +237,31 @@ def lazy_loader(path):
     return Image.open(path)
 
 
-_JPEG_MAGIC = b'\xff\xd8\xff'
+# What reading a broken, unreadable or oversized image file raises (PIL's errors, also through `read_rgb`).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def read_rgb(path):
     """The image file at path as RGB: a uint8 3 x H x W tensor for JPEG files, else a PIL RGB image.
 
-    JPEG: `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; bit-identical to ``Image.open(path).convert('RGB')``
-    on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale and CMYK files, see tests/test_cpu_pipeline.py) into a
-    channels-last view of its H x W x 3 buffer: ~0.4 ms less per 500 x 375 file than PIL's decode plus the copies into
-    a tensor (bench/loader.py). A file libjpeg-turbo refuses (truncated, corrupt, 12-bit) and every other format go
-    through torchvision's PIL loader, so errors are PIL's (OSError, ...), as with the default loader.
+    PIL reads the header first (the format, and its decompression-bomb check: `Image.MAX_IMAGE_PIXELS`, as the default
+    loader applies it). JPEG then decodes with `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; the same pixels as
+    ``Image.open(path).convert('RGB')`` on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale and CMYK files,
+    tests/test_read_rgb.py) into a channels-last view of its H x W x 3 buffer: 0.4 ms less decode per 500 x 375 file,
+    ~0.6 ms less worker CPU per training item (bench/README.md). A JPEG that libjpeg-turbo refuses (truncated,
+    corrupt) and every other format go through PIL, so errors are PIL's (`DECODE_ERRORS`), as with torchvision's
+    default loader. Unlike PIL, libjpeg-turbo prints its warnings about damaged but decodable files to stderr
+    ("Corrupt JPEG data: N extraneous bytes before marker 0xd9"), once per decode.
     """
     with open(path, 'rb') as handle:
         data = handle.read()
-    if data[:3] == _JPEG_MAGIC and decode_jpeg is not None:
+    image = Image.open(io.BytesIO(data))  # parses the header only
+    if image.format == 'JPEG' and decode_jpeg is not None:
         try:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # PIL decodes what it can (or says what is wrong, as the default loader would)
-    return default_loader(path)
+        except (RuntimeError, Warning):  # refused, or torchvision's deprecation notice made an error (-W error)
+            pass
+    return image.convert('RGB')
 
 
 def image_loader(transform):
@@ -259,5 +270,6 @@ def image_loader(transform):
     return read_rgb if getattr(transform, 'accepts_tensors', False) else default_loader
 
 
-__all__ = ['read_rgb', 'image_loader', 'draft_scale', 'decode_crop', 'draft_random_resized_crop',
-           'DraftRandomResizedCrop', 'lazy_loader', 'DRAFT_TOLERANCE', 'torch_resized_crop', 'FastRandomResizedCrop', 'TORCH_RESIZE_TOLERANCE']
+__all__ = ['read_rgb', 'image_loader', 'DECODE_ERRORS', 'draft_scale', 'decode_crop', 'draft_random_resized_crop',
+           'DraftRandomResizedCrop', 'lazy_loader', 'DRAFT_TOLERANCE', 'torch_resized_crop', 'FastRandomResizedCrop',
+           'TORCH_RESIZE_TOLERANCE']

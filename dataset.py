@@ -26,7 +26,7 @@ from dataset_files import STL10_CLASSES, read_cifar10, read_fashion_mnist, read_
 from engine.errors import MissingSplit, UserError
 
 # ---------------------------------------------------------------------------------------------
-# Transforms (PIL in, uint8 C x H x W tensor out; DeviceView does the rest)
+# Transforms (PIL in, or read_rgb's uint8 tensor for cmc_train_transform; uint8 C x H x W out; DeviceView does the rest)
 # ---------------------------------------------------------------------------------------------
 
 def cmc_train_transform(image_size=224, crop_low=0.2, fast=True):
@@ -166,10 +166,6 @@ def class_map(own, reference, where):
     return {i: position[name] for i, name in enumerate(own)}
 
 
-# What a broken or unreadable image file raises while PIL decodes it.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
 class ImageFolderInstance(datasets.ImageFolder):
     """ImageFolder whose items are (img, target, index), the index keying the memory bank.
 
@@ -204,13 +200,14 @@ class ImageFolderInstance(datasets.ImageFolder):
         return len(self.skipped_files)
 
     def _load_decodable(self, index):
-        """(PIL image, target, index) of `index`, or of the next decodable item when skipping."""
+        """(image, target, index) of `index`, or of the next decodable item when skipping (the image: what the loader
+        gives, a PIL image or `read_rgb`'s uint8 tensor)."""
         for offset in range(len(self.samples)):
             current = (index + offset) % len(self.samples)
             path, target = self.samples[current]
             try:
                 return self.loader(path), target, current
-            except _DECODE_ERRORS as error:
+            except cpu_pipeline.DECODE_ERRORS as error:
                 reason = (str(error).splitlines() or [''])[0]
                 if not self.skip_bad_images:
                     raise UserError(f"cannot decode image {path} ({type(error).__name__}: {reason}); "

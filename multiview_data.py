@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from colour import COLOUR_VIEWS
+from cpu_pipeline import DECODE_ERRORS
 from engine.errors import UserError
 
 RGB_FOLDER = 'rgb'
@@ -115,7 +116,7 @@ class MultiviewFolder(Dataset):
             try:
                 with Image.open(path) as image:
                     arrays.append(_as_array(image, path))
-            except (OSError, ValueError, SyntaxError) as error:
+            except DECODE_ERRORS as error:
                 raise UserError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
         if len({a.shape[:2] for a in arrays}) > 1:
             sizes = ', '.join(f'{path}: {a.shape[1]}x{a.shape[0]}' for path, a in zip(self.paths[index], arrays))

@@ -4,6 +4,7 @@ import signal
 import numpy as np
 import torch
 
+import cpu_pipeline
 import dataset as ds
 from engine.errors import UserError
 
@@ -190,7 +191,7 @@ def check_colour(dataset, view, say, advice, sample=COLOUR_SAMPLE):
     for index in picks:
         try:
             pixels = np.asarray(dataset.image(index), dtype=np.int16)      # H x W x 3
-        except (OSError, ValueError, SyntaxError):                         # a bad file is the loader's to report
+        except cpu_pipeline.DECODE_ERRORS:                                 # a bad file is the loader's to report
             continue
         seen += 1
         grey += int(((pixels.max(axis=2) - pixels.min(axis=2)) > GREY_SPREAD).mean() < GREY_SHARE)

@@ -109,7 +109,9 @@ class Progress:
         self.say(f'[{self.i}/{self.n}] {text}')
 
     def say(self, text):
-        print(f'{(time.time() - self.t0) / 60:5.1f} min  {text}', flush=True)
+        # One write per line: print writes the text and the newline apart, so two lanes' lines could share a row.
+        sys.stdout.write(f'{(time.time() - self.t0) / 60:5.1f} min  {text}\n')
+        sys.stdout.flush()
 
 
 RUNNING = set()          # the scripts running now, so that a failing lane can stop the other

@@ -65,6 +65,42 @@ def test_other_formats_and_broken_jpegs_go_through_pil(tmp_path):
         cpu_pipeline.read_rgb(str(tmp_path / 'missing.jpg'))
 
 
+def test_pils_decompression_bomb_limit_applies_to_jpeg(tmp_path, monkeypatch):
+    # PIL checks a file's pixel count as it reads the header; decode_jpeg would decode anything (a 631-byte file can
+    # claim 20000 x 20000), so read_rgb reads the header with PIL first. The limit lowered to keep the test small.
+    path = save(tmp_path / 'x.jpg', skimage.data.coffee(), quality=90)  # 600 x 400 = 240,000 pixels
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)
+    with pytest.raises(Image.DecompressionBombError):  # over twice the limit: an error, as PIL's default loader
+        cpu_pipeline.read_rgb(path)
+    with pytest.raises(Image.DecompressionBombError):
+        default_loader(path)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 200_000)
+    with pytest.warns(Image.DecompressionBombWarning):  # over the limit: PIL's warning, then the same pixels
+        ours = cpu_pipeline.read_rgb(path)
+    assert isinstance(ours, torch.Tensor) and ours.shape == (3, 400, 600)
+
+
+def test_warnings_made_errors_fall_back_to_pil(tmp_path):
+    # python -W error: torchvision 0.29's deprecation notice raises inside decode_jpeg; PIL then decodes, same pixels.
+    path = save(tmp_path / 'x.jpg', skimage.data.coffee(), quality=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        image = cpu_pipeline.read_rgb(path)
+    expected = pil_pixels(path)
+    if isinstance(image, torch.Tensor):  # a torchvision without the notice decodes it itself
+        assert torch.equal(image, expected)
+    else:
+        assert torch.equal(torch.from_numpy(np.array(image)).permute(2, 0, 1), expected)
+
+
+def test_fast_crop_refuses_tensors_it_cannot_crop():
+    crop = dataset.cmc_train_transform(32, 0.2)
+    for bad in (torch.zeros(64, 64, 3, dtype=torch.uint8), torch.zeros(3, 64, 64), torch.zeros(1, 3, 64, 64)):
+        with pytest.raises(ValueError, match='uint8 C x H x W'):
+            crop(bad)
+    assert crop(torch.zeros(1, 64, 64, dtype=torch.uint8)).shape == (1, 32, 32)  # grayscale stays one channel
+
+
 def test_fast_crop_of_the_tensor_equals_the_crop_of_the_pil_image(tmp_path):
     path = save(tmp_path / 'x.jpg', skimage.data.astronaut(), quality=90)
     crop = dataset.cmc_train_transform(96, 0.2)
