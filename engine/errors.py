@@ -2,8 +2,8 @@
 import os
 import re
 import sys
-import traceback
 
+import torch
 import torch.distributed as dist
 
 
@@ -37,8 +37,8 @@ def run_main(main, argv=None):
         if str(e):
             print(str(e), file=sys.stderr)
         code = e.exit_code
-    except BaseException as e:  # a traceback follows; first free what the failed frames hold, as above
-        release_frames(e)
+    except BaseException as e:  # a traceback follows: free the loader iterators torch's frames hold, keep the rest
+        release_frames(e, only_under=TORCH_FOLDER)
         raise
     finally:
         if dist.is_available() and dist.is_initialized():
@@ -53,16 +53,27 @@ def run_main(main, argv=None):
         sys.exit(code)
 
 
-def release_frames(error):
+TORCH_FOLDER = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def release_frames(error, only_under=None):
     """Clear the locals of the finished frames in an exception's traceback (and its causes'), so that what they hold is
     freed now rather than at exit. A DataLoader iterator whose worker raised sits in such frames, in a reference cycle
     (torch's re-raise frame holds the exception, which holds the frame): left to the end, multiprocessing's exit hook
     sends its workers one SIGTERM, which they ignore (`engine.data.ignore_stop_signals`), and waits for them forever.
-    Freed here, the iterator shuts its workers down itself. Tracebacks still print (they keep code and line numbers)."""
+    Freed here, the iterator shuts its workers down itself. only_under: clear only frames of code under that folder
+    (`TORCH_FOLDER`: torch's own, where the iterator is held), so a debugger still shows the user's locals."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)  # skips frames still running (run_main's own)
+        trace = error.__traceback__
+        while trace is not None:
+            if only_under is None or trace.tb_frame.f_code.co_filename.startswith(only_under):
+                try:
+                    trace.tb_frame.clear()
+                except RuntimeError:  # a frame still running (run_main's own)
+                    pass
+            trace = trace.tb_next
         error = error.__cause__ or error.__context__
 
 
