@@ -496,5 +496,5 @@ class PrenormalisedViews(nn.Module):
 __all__ = ['XYZ_FROM_RGB', 'D65_WHITE', 'RGB_FROM_HED', 'XYZ_FROM_CIERGB', 'YUV_FROM_RGB', 'YIQ_FROM_RGB',
            'YPBPR_FROM_RGB', 'YCBCR_FROM_RGB', 'YCBCR_OFFSET', 'YDBDR_FROM_RGB', 'HED_FROM_RGB', 'CIERGB_FROM_RGB',
            'COLOUR_SPACES', 'SKIMAGE_FUNCTIONS', 'canonical_space', 'rgb_to', 'VALUE_RANGES', 'VIEW_STATS',
-           'CPU_KERNEL_SPACES', 'fast_rgb_to_lab', 'fast_rgb_to_ycbcr', 'FastView', 'DeviceView', 'COLOUR_VIEWS', 'CHROMA_VIEWS',
-           'view_channels', 'ViewStack', 'PrenormalisedViews']
+           'CPU_KERNEL_SPACES', 'fast_rgb_to_lab', 'fast_rgb_to_ycbcr', 'FastView', 'DeviceView', 'COLOUR_VIEWS',
+           'CHROMA_VIEWS', 'view_channels', 'ViewStack', 'PrenormalisedViews']

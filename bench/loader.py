@@ -257,17 +257,18 @@ def stage_table(paths, size, calls):
     """Per-image CPU ms of each stage of one item (decode, crop, convert), to explain the pipeline figures."""
     data = [open(path, 'rb').read() for path in paths[:8]]
     crop, pil_crop = dataset.cmc_train_transform(size), dataset.cmc_train_transform(size, fast=False)
+
+    def decode_tensor(data):  # what cpu_pipeline.read_rgb does with a JPEG file's bytes
+        return cpu_pipeline.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     torch.manual_seed(0)
     stages = [
         ('decode full (PIL)', lambda d: Image.open(io.BytesIO(d)).convert('RGB')),
-        ('decode full (torchvision decode_jpeg)', lambda d: cpu_pipeline.decode_jpeg(
-            torch.frombuffer(bytearray(d), dtype=torch.uint8))),
+        ('decode full (torchvision decode_jpeg)', decode_tensor),
         ('decode + RRC + flip + PILToTensor', lambda d: pil_crop(Image.open(io.BytesIO(d)).convert('RGB'))),
         ('draft decode + RRC + flip (PIL resize)', lambda d: cpu_pipeline.DraftRandomResizedCrop(size)(Image.open(
             io.BytesIO(d)))),
         ('decode + RRC + flip (PIL, torch resize)', lambda d: crop(Image.open(io.BytesIO(d)).convert('RGB'))),
-        ('decode + RRC + flip (ours: decode_jpeg)', lambda d: crop(cpu_pipeline.decode_jpeg(
-            torch.frombuffer(bytearray(d), dtype=torch.uint8)))),
+        ('decode + RRC + flip (ours: decode_jpeg)', lambda d: crop(decode_tensor(d))),
         ('reference Lab item (all steps)', lambda d: dataset.reference_cmc_transform(size, 0.2, 'Lab')(
             Image.open(io.BytesIO(d)).convert('RGB'))),
     ]

@@ -24,8 +24,8 @@ def device():
     return torch.device(TEST_DEVICE)
 
 
-def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'val'), seed=0):
-    """Class-coloured noisy squares, so that a probe has something to learn; returns root."""
+def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'val'), seed=0, ext='png'):
+    """Class-coloured noisy squares, so that a probe has something to learn, saved as ``ext``; returns root."""
     rng = np.random.RandomState(seed)
     palette = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40)]
     for split in splits:
@@ -36,7 +36,7 @@ def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'v
                 img = rng.randint(0, 256, (size, size, 3)).astype(np.float32) * 0.3
                 x0, y0 = rng.randint(0, size // 2, 2)
                 img[y0:y0 + size // 2, x0:x0 + size // 2] += np.array(palette[c % 4]) * 0.7
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f'{i}.png'))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f'{i}.{ext}'))
     return str(root)
 
 

@@ -1,5 +1,6 @@
 """cpu_pipeline.read_rgb (JPEG through torchvision's decode_jpeg) against PIL's decode, and the loader that
 ImageFolderInstance picks for each transform: same pixels, same crops, PIL's errors for files it cannot read."""
+import os
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ from torchvision.datasets.folder import default_loader
 
 import cpu_pipeline
 import dataset
+from conftest import make_image_folder
 from engine.errors import UserError
 
 JPEG_VARIANTS = {  # Pillow save options -> a JPEG flavour a data set may hold
@@ -112,22 +114,18 @@ def test_fast_crop_of_the_tensor_equals_the_crop_of_the_pil_image(tmp_path):
         assert from_tensor.is_contiguous() and torch.equal(from_tensor, from_pil)
 
 
-def make_folder(root, count=6):
-    for index in range(count):
-        folder = root / 'train' / f'class_{index % 2}'
-        folder.mkdir(parents=True, exist_ok=True)
-        photo = skimage.data.chelsea() if index % 2 else skimage.data.coffee()
-        save(folder / f'{index}.jpg', np.ascontiguousarray(photo[:, index * 10:]), quality=85)
-    return root
+def make_folder(root):
+    """An ImageFolder of JPEGs: root/train/class_{0,1}/{0,1,2}.jpg."""
+    return make_image_folder(root, classes=2, per_class=3, size=80, splits=('train',), ext='jpg')
 
 
 def test_image_folder_picks_the_loader_by_transform_and_items_agree(tmp_path):
     root = make_folder(tmp_path)
-    fast = dataset.build_dataset('folder', str(root), 'train', dataset.cmc_train_transform(64, 0.2))
-    pil = dataset.build_dataset('folder', str(root), 'train', dataset.cmc_train_transform(64, 0.2, fast=False))
+    fast = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2))
+    pil = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2, fast=False))
     assert fast.loader is cpu_pipeline.read_rgb and pil.loader is default_loader
     assert isinstance(fast.image(0), Image.Image)  # image() stays a PIL image for every transform
-    reference = dataset.ImageFolderInstance(str(root / 'train'), transform=dataset.cmc_train_transform(64, 0.2))
+    reference = dataset.ImageFolderInstance(os.path.join(root, 'train'), transform=dataset.cmc_train_transform(64, 0.2))
     reference.loader = default_loader  # the same transform fed PIL images: a second path to the same crops
     for index in range(len(fast)):
         torch.manual_seed(index)
@@ -139,14 +137,21 @@ def test_image_folder_picks_the_loader_by_transform_and_items_agree(tmp_path):
 
 def test_skip_bad_images_with_the_tensor_loader(tmp_path):
     root = make_folder(tmp_path)
-    broken = root / 'train' / 'class_0' / '2.jpg'
-    broken.write_bytes(broken.read_bytes()[:500])
     transform = dataset.cmc_train_transform(32, 0.2)
-    strict = dataset.build_dataset('folder', str(root), 'train', transform)
-    with pytest.raises(UserError, match='cannot decode image .*2.jpg.*--skip_bad_images'):
-        strict[1]  # class_0 holds 0, 2, 4: item 1 is 2.jpg
-    lenient = dataset.build_dataset('folder', str(root), 'train', transform, skip_bad_images=True)
+    torch.manual_seed(0)
+    expected = dataset.build_dataset('folder', root, 'train', transform)[2]  # what the skip must hand out instead
+    broken = os.path.join(root, 'train', 'class_0', '1.jpg')  # item 1 (class_0 holds 0, 1, 2)
+    with open(broken, 'rb') as handle:
+        head = handle.read(300)
+    with open(broken, 'wb') as handle:
+        handle.write(head)
+    strict = dataset.build_dataset('folder', root, 'train', transform)
+    with pytest.raises(UserError, match='cannot decode image .*1.jpg.*--skip_bad_images'):
+        strict[1]
+    lenient = dataset.build_dataset('folder', root, 'train', transform, skip_bad_images=True)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter('always')
+        torch.manual_seed(0)
         image, target, index = lenient[1]
-    assert index == 2 and target == 0 and image.shape == (3, 32, 32) and lenient.num_skipped == 1
+    assert (index, target, lenient.num_skipped) == (2, 0, 1)
+    assert torch.equal(image, expected[0])  # the next item's crop, read through read_rgb

@@ -323,7 +323,8 @@ def check_stop_and_resume(server, tmp_path, script, argv_for, data_folder, trigg
     b_folder = run_folder(os.path.join(split, 'models'))
     assert sorted(os.listdir(a_folder)) == sorted(os.listdir(b_folder))
     for name in sorted(os.listdir(a_folder)):
-        a, b = checkpoint.load_checkpoint(os.path.join(a_folder, name)), checkpoint.load_checkpoint(os.path.join(b_folder, name))
+        a = checkpoint.load_checkpoint(os.path.join(a_folder, name))
+        b = checkpoint.load_checkpoint(os.path.join(b_folder, name))
         a.pop('opt'), b.pop('opt')                  # only --resume differs
         assert_same_state(a, b, name)
     return position

@@ -211,7 +211,7 @@ def test_amp_runs_on_the_cpu_with_bfloat16_and_names_the_run(tmp_path, image_fol
     # the contrast ran in float32 and the bank stays float32 under autocast
     assert ckpt['contrast']['memory_l'].dtype == torch.float32
     assert torch.isfinite(ckpt['contrast']['memory_l']).all()
-    assert 'amp' in ckpt                                   # the (disabled, bf16) GradScaler state, as the reference's key
+    assert 'amp' in ckpt  # the (disabled, bf16) GradScaler state, as the reference's key
 
 
 def write_fashion_mnist(root, n_train=24, n_val=12):
