@@ -21,17 +21,18 @@ On a laptop CPU, probing a demo checkpoint:
 
 import torch
 
-import cmc_views
-from colour import COLOUR_VIEWS, ViewStack
 from dataset import GRAYSCALE_DATASETS, cmc_train_transform
 from engine import flags
 from engine.checkpoint import load_checkpoint
 from engine.errors import UserError, run_main
 from engine.probe import ProbeSpec, run_linear_probe
 from engine.runtime import setup_runtime
+from inputs.splits import probe_splits
 from models import CMC_MODEL_NAMES, build_cmc_model, linear_probe_multiplier
 from models.LinearModel import (ALEXNET_PROBE_LAYERS, LinearClassifierAlexNet, LinearClassifierResNet,
                                 LinearProbe)
+from views import ViewStack
+from views import flags as view_flags
 
 LAYERS = {'alexnet': range(1, 8), 'resnet': range(1, 7)}
 
@@ -41,11 +42,14 @@ def parse_option(argv=None):
     flags.add_common_flags(parser, save_freq=5, batch_size=256, num_workers=32, epochs=60, learning_rate=0.1,
                            lr_decay_epochs='30,40,50', lr_decay_rate=0.2, weight_decay=0)
     flags.add_probe_flags(parser, model_default='alexnet', model_choices=CMC_MODEL_NAMES)
-    parser.add_argument('--view', type=str, default=None, choices=sorted(cmc_views.LEGACY_VIEWS),
+    parser.add_argument('--view', type=str, default=None, choices=sorted(view_flags.LEGACY_VIEWS),
                         help='the views of a checkpoint that does not record them (default Lab); otherwise read from '
                         'the checkpoint, and a different --view is an error')
     parser.add_argument('--probe_views', type=str, nargs='+', default=None, metavar='VIEW',
                         help='whose features are concatenated (default: all the checkpoint\'s views), e.g. L')
+    parser.add_argument('--view_module', type=str, default=None, metavar='PATH_OR_MODULE',
+                        help='the module of the checkpoint\'s own views, if it cannot be found where the checkpoint '
+                        'says (' + view_flags.VIEW_MODULE_HELP + ')')
     parser.add_argument('--crop_low', type=float, default=0.2, help='low area in crop')
     parser.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast) for the frozen encoder')
     # The reference advertised its own multi-process mode here but never shipped it; torchrun replaces it.
@@ -66,32 +70,10 @@ def parse_option(argv=None):
     return opt
 
 
-def checkpoint_views(opt):
-    """Set opt.views, opt.view_channels and opt.probe_views from the checkpoint's flags (views, or the reference's
-    view), else from --view; a --view that contradicts the checkpoint, or a probed view it lacks, is an error."""
-    saved = load_checkpoint(opt.model_path).get('opt')
-    saved = saved if isinstance(saved, dict) else {}
-    views = saved.get('views') or cmc_views.LEGACY_VIEWS.get(saved.get('view') or opt.view)
-    given = cmc_views.LEGACY_VIEWS.get(opt.view_given)
-    if given and tuple(given) != tuple(views):
-        raise UserError(f'--view {opt.view_given} contradicts {opt.model_path}, trained on views {" ".join(views)}; '
-                        f'drop --view (the checkpoint\'s views are used)')
-    opt.views, opt.view = list(views), next((k for k, v in cmc_views.LEGACY_VIEWS.items() if tuple(v) == tuple(views)),
-                                           None)
-    cmc_views.check_views(opt.views, opt.dataset)
-    opt.view_channels = list(saved.get('view_channels') or cmc_views.channels_of(opt.views, None))
-    opt.probe_views = list(opt.probe_views or opt.views)
-    if opt.probe_views != opt.views:
-        opt.model_name += '_probe_' + '_'.join(opt.probe_views)
-    unknown = [view for view in opt.probe_views if view not in opt.views]
-    if unknown or len(set(opt.probe_views)) != len(opt.probe_views):
-        raise UserError(f'--probe_views {" ".join(opt.probe_views)}: choose distinct views among the checkpoint\'s '
-                        f'{" ".join(opt.views)}')
-
-
 def main(argv=None):
     opt = parse_option(argv)
-    checkpoint_views(opt)
+    saved = load_checkpoint(opt.model_path).get('opt')
+    view_flags.checkpoint_views(opt, saved if isinstance(saved, dict) else {})
     rt = setup_runtime(opt)
 
     probed = [opt.views.index(view) for view in opt.probe_views]
@@ -109,11 +91,11 @@ def main(argv=None):
         return LinearClassifierResNet(opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model),
                                       in_channels=channels)
 
-    keys = cmc_views.key_names(opt.views)
-    file_channels = {v: c for v, c in zip(opt.views, opt.view_channels) if v not in COLOUR_VIEWS}
+    keys = view_flags.key_names(opt.views)
+    view = ViewStack(opt.views, view_flags.file_channels(opt.views, opt.view_channels))
+    splits = lambda: probe_splits(opt, rt.print, cmc_train_transform(opt.image_size, opt.crop_low), opt.views)  # noqa
     spec = ProbeSpec(make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim, opt.view_channels, keys),
-                     features=features, make_classifier=make_classifier, view=ViewStack(opt.views, file_channels),
-                     train_transform=cmc_train_transform(opt.image_size, opt.crop_low), colour_view=opt.views)
+                     features=features, make_classifier=make_classifier, view=view, splits=splits)
     return run_linear_probe(opt, rt, spec, flags.command_line(__file__, argv))
 
 

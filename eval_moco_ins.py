@@ -14,13 +14,15 @@ On a laptop CPU, probing a demo checkpoint:
         --batch_size 64 --num_workers 0 --cache_features --bn
 """
 
-from dataset import DeviceView, moco_train_transform
+from dataset import moco_train_transform
 from engine import flags
 from engine.errors import UserError, run_main
 from engine.probe import ProbeSpec, run_linear_probe
 from engine.runtime import setup_runtime
+from inputs.splits import probe_splits
 from models import INS_MODEL_NAMES, build_ins_model, linear_probe_multiplier
 from models.LinearModel import LinearClassifierResNet
+from views import DeviceView
 
 
 def parse_option(argv=None):
@@ -68,7 +70,8 @@ def main(argv=None):
         features=lambda model, x: model(x, opt.layer),
         make_classifier=lambda channels, n_label: LinearClassifierResNet(
             opt.layer, n_label, 'avg', linear_probe_multiplier(opt.model), in_channels=channels),
-        train_transform=moco_train_transform(opt.image_size, opt.crop, opt.aug), view=DeviceView('RGB'),
+        view=DeviceView('RGB'),
+        splits=lambda: probe_splits(opt, rt.print, moco_train_transform(opt.image_size, opt.crop, opt.aug)),
         adam=opt.adam, cosine=opt.cosine, warm_epochs=opt.warm_epochs if opt.warm else 0, sync_bn=opt.syncBN)
     return run_linear_probe(opt, rt, spec, flags.command_line(__file__, argv))
 

@@ -15,21 +15,23 @@ On a laptop CPU, with the bundled demo data (resnet18 is this project's small ad
     python train_moco_ins.py --dataset demo --image_size 64 --model resnet18 --batch_size 64 --nce_k 1024 \
         --softmax --moco --epochs 5 --num_workers 0 --model_path runs/models --tb_path runs/tb
 """
-from dataset import DeviceView, PrenormalisedViews, moco_train_transform
+from dataset import moco_train_transform
 from engine import flags
 from engine.checkpoint import RunFolder
-from engine.data import build_split, check_sizes, make_loader
+from engine.data import check_sizes, make_loader
 from engine.errors import UserError, run_main
+from engine.fit import Checkpointed, Fit, Logged
 from engine.knn import knn_monitor
-from engine.loop import Checkpointed, Fit, Logged, Stepper, StepResult
+from engine.loop import Stepper
 from engine.runtime import setup_runtime
-from engine.schedule import adjust_learning_rate, sgd, warmup_factor
+from engine.schedule import LearningRate, sgd
+from inputs.splits import build_split, eval_splits
 from methods import InsDis, MoCo
 from models import INS_MODEL_NAMES, build_ins_model
 from models.split_bn import convert_split_batchnorm, shuffle_bn_mode
-from NCE.NCECriterion import contrast_criterion
+from views import DeviceView, PrenormalisedViews
 
-# Flags that fix the meaning or the shapes of a checkpoint: a resume must keep them (engine.loop.Fit.resume).
+# Flags that fix the meaning or the shapes of a checkpoint: a resume must keep them (engine.fit.Fit.resume).
 FIXED_FLAGS = ('model', 'feat_dim', 'nce_k', 'nce_t', 'nce_m', 'softmax', 'moco', 'batch_size', 'dataset')
 
 
@@ -113,33 +115,12 @@ def main(argv=None):
     method = build_method(opt, rt, n_data)
     if opt.compile:
         method.compile_encoders()
-    criterion = contrast_criterion(opt.softmax, n_data)
     optimizer = sgd(method.encoder, opt)
-
-    def step(batch):
-        images, _, index = batch
-        x = train_view(images.to(rt.device, non_blocking=True))  # B x 3 (x2 for MoCo) x H x W
-        if opt.moco:
-            out = method(x[:, :3], x[:, 3:])                      # B x (K+1)
-        else:
-            out = method(x, index.to(rt.device, non_blocking=True))   # B x (K+1)
-        loss = criterion(out).squeeze()
-        return StepResult(loss=loss, batch_size=images.shape[0], metrics={'loss': loss, 'prob': out[:, 0].mean()})
-
-    def set_lr(epoch, step_in_epoch, n_batches):
-        lr = adjust_learning_rate(epoch, opt, optimizer)
-        if opt.warm:
-            lr *= warmup_factor(epoch, step_in_epoch, n_batches, opt.warm_epochs)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-
-    # the key encoder always runs with BatchNorm in train mode, as in the reference
-    stepper = Stepper(step=step, train_modules=[method.encoder] + ([method.encoder_k] if opt.moco else []),
-                      set_lr=set_lr, after_step=method.momentum_update if opt.moco else None)
-    logged = Logged(fields=[('loss', 'loss'), ('prob', 'prob')],
-                    tags=[('loss', 'ins_loss'), ('prob', 'ins_prob'), ('learning_rate', 'learning_rate')],
-                    tb_name=opt.model_name,
-                    evaluators=[knn_monitor(opt, rt, lambda images: method.features(view(images)), [method.encoder])])
+    # the key encoder always runs with BatchNorm in train mode, as in the reference (method.train() sets both)
+    stepper = Stepper(method, train_view, LearningRate(opt, optimizer, warm_epochs=opt.warm_epochs if opt.warm else 0))
+    encode = lambda images: method.features(view(images))     # noqa: E731  (the kNN monitor's features)
+    logged = Logged(fields=method.console_fields, tags=method.tb_tags, tb_name=opt.model_name,
+                    evaluators=[knn_monitor(opt, rt, encode, [method.encoder], lambda: eval_splits(opt, rt.print))])
     saved = Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS)
     run = RunFolder(f'{opt.model_path}/{opt.model_name}')
     Fit(opt, rt, run, loader, saved, stepper, logged, flags.command_line(__file__, argv))()

@@ -7,12 +7,12 @@ temporary folder. Every pipeline reads the same files with a torch DataLoader (b
   reference  per image in the worker: PIL decode, RandomResizedCrop(224, scale=(0.2, 1)), flip, scikit-image float64
              conversion (rgb2lab / rgb2ycbcr), ToTensor, Normalize (dataset.VIEW_STATS); MoCo/InsDis RGB: crop,
              RandomGrayscale, ColorJitter, flip, ToTensor, Normalize (ImageNet statistics).
-  ours       as training runs it: workers read JPEG files into uint8 tensors (cpu_pipeline.read_rgb: torchvision's
+  ours       as training runs it: workers read JPEG files into uint8 tensors (decode.read_rgb: torchvision's
              decode_jpeg) and deliver uint8 crops (dataset.cmc_train_transform; MoCo: PIL, moco_train_transform),
              the main process converts each batch with dataset.DeviceView (on the CPU here, so it is CPU time;
-             there DeviceView runs colour's uint8 kernels for Lab, YCbCr and RGB).
+             there DeviceView runs views.kernels' uint8 kernels for Lab, YCbCr and RGB).
   levers     the generic view (DeviceView(space, cpu_kernel=False): the formula accelerators run, here on the CPU),
-             draft decode (cpu_pipeline.DraftRandomResizedCrop on lazily opened JPEGs), colour.FastView in the
+             draft decode (crops.DraftRandomResizedCrop on lazily opened JPEGs), views.kernels.FastView in the
              workers, persistent workers, prefetch_factor, pin_memory (only with an accelerator).
 
 How "per core" is measured: CPU seconds, not wall seconds, so that other work on a shared machine does not count.
@@ -53,8 +53,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import colour  # noqa: E402
-import cpu_pipeline  # noqa: E402
+from inputs import crops, decode  # noqa: E402
+from views import kernels  # noqa: E402
 import dataset  # noqa: E402
 
 from jpeg_files import make_jpegs  # noqa: E402  (bench/, the script's own folder, is on sys.path)
@@ -104,26 +104,26 @@ def reference_moco_transform(size):
 
 def worker_fast_view(size, space):
     """Worker transform: draft crop, then FastView(space) per image (float32 leaves the worker)."""
-    view = colour.FastView(space)
-    return transforms.Compose([cpu_pipeline.FastRandomResizedCrop(size, scale=(0.2, 1.0)), view])
+    view = kernels.FastView(space)
+    return transforms.Compose([crops.FastRandomResizedCrop(size, scale=(0.2, 1.0)), view])
 
 
 def cmc_pipelines(space, size):
     """Reference, ours as training runs it (the default crop, DeviceView), and the levers one by one."""
     generic = dataset.DeviceView(space, cpu_kernel=False)  # the formula accelerators run, here on the CPU
-    crop = dataset.cmc_train_transform(size)  # and the loader ImageFolderInstance picks for it (cpu_pipeline.read_rgb)
+    crop = dataset.cmc_train_transform(size)  # and the loader ImageFolderInstance picks for it (decode.read_rgb)
     return [
         Pipeline(f'{space} reference (skimage f64)', full_loader, dataset.reference_cmc_transform(size, 0.2, space)),
         Pipeline(f'{space} before: PIL crop + generic view', full_loader,
                  dataset.cmc_train_transform(size, fast=False), generic),
         Pipeline(f'{space} + torch resize, generic view', full_loader, dataset.cmc_train_transform(size), generic),
-        Pipeline(f'{space} + draft decode (PIL resize)', cpu_pipeline.lazy_loader,
-                 cpu_pipeline.DraftRandomResizedCrop(size), generic),
+        Pipeline(f'{space} + draft decode (PIL resize)', decode.lazy_loader,
+                 crops.DraftRandomResizedCrop(size), generic),
         Pipeline(f'{space} + PIL decode, DeviceView', full_loader, dataset.cmc_train_transform(size),
                  dataset.DeviceView(space)),
-        Pipeline(f'{space} ours as trained: DeviceView', cpu_pipeline.image_loader(crop), crop,
+        Pipeline(f'{space} ours as trained: DeviceView', decode.image_loader(crop), crop,
                  dataset.DeviceView(space)),
-        Pipeline(f'{space} ours + FastView (workers)', cpu_pipeline.lazy_loader, worker_fast_view(size, space)),
+        Pipeline(f'{space} ours + FastView (workers)', decode.lazy_loader, worker_fast_view(size, space)),
     ]
 
 
@@ -139,7 +139,7 @@ def moco_pipelines(size):
 def lever_pipelines(size):
     """Loader options on Lab as trained (read_rgb, fast crop, DeviceView's CPU kernel in main)."""
     crop, view = dataset.cmc_train_transform(size), dataset.DeviceView('Lab')
-    read = cpu_pipeline.image_loader(crop)
+    read = decode.image_loader(crop)
     levers = [
         Pipeline('Lab lever: persistent workers', read, crop, view, persistent_workers=True),
         Pipeline('Lab lever: prefetch_factor 4', read, crop, view, prefetch_factor=4),
@@ -237,12 +237,12 @@ def conversion_table(size, calls):
     print(f"\nconversions, one {size} x {size} image, 1 thread (best CPU time of {calls} calls)")
     print(f"{'conversion':40s} {'ms/img':>8s} {'img/s':>8s} {'vs skimage':>10s}")
     ratios = {}
-    for space, reference, fast in (('Lab', skimage.color.rgb2lab, colour.fast_rgb_to_lab),
-                                   ('YCbCr', skimage.color.rgb2ycbcr, colour.fast_rgb_to_ycbcr)):
+    for space, reference, fast in (('Lab', skimage.color.rgb2lab, kernels.fast_rgb_to_lab),
+                                   ('YCbCr', skimage.color.rgb2ycbcr, kernels.fast_rgb_to_ycbcr)):
         base = cpu_time_per_call(lambda: reference(photo), calls)
         generic, kernel = dataset.DeviceView(space, cpu_kernel=False), dataset.DeviceView(space)
         rows = [(f'skimage {reference.__name__} (f64)', base),
-                (f'colour.{fast.__name__}', cpu_time_per_call(lambda: fast(chw), calls)),
+                (f'kernels.{fast.__name__}', cpu_time_per_call(lambda: fast(chw), calls)),
                 (f'generic DeviceView({space!r}) (batch 32)',
                  cpu_time_per_call(lambda: generic(batch), max(3, calls // 8)) / 32),
                 (f'DeviceView({space!r}) CPU kernel (batch 32)',
@@ -258,14 +258,14 @@ def stage_table(paths, size, calls):
     data = [open(path, 'rb').read() for path in paths[:8]]
     crop, pil_crop = dataset.cmc_train_transform(size), dataset.cmc_train_transform(size, fast=False)
 
-    def decode_tensor(data):  # what cpu_pipeline.read_rgb does with a JPEG file's bytes
-        return cpu_pipeline.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    def decode_tensor(data):  # what decode.read_rgb does with a JPEG file's bytes
+        return decode.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     torch.manual_seed(0)
     stages = [
         ('decode full (PIL)', lambda d: Image.open(io.BytesIO(d)).convert('RGB')),
         ('decode full (torchvision decode_jpeg)', decode_tensor),
         ('decode + RRC + flip + PILToTensor', lambda d: pil_crop(Image.open(io.BytesIO(d)).convert('RGB'))),
-        ('draft decode + RRC + flip (PIL resize)', lambda d: cpu_pipeline.DraftRandomResizedCrop(size)(Image.open(
+        ('draft decode + RRC + flip (PIL resize)', lambda d: crops.DraftRandomResizedCrop(size)(Image.open(
             io.BytesIO(d)))),
         ('decode + RRC + flip (PIL, torch resize)', lambda d: crop(Image.open(io.BytesIO(d)).convert('RGB'))),
         ('decode + RRC + flip (ours: decode_jpeg)', lambda d: crop(decode_tensor(d))),

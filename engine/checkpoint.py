@@ -203,6 +203,10 @@ class RunFolder:
             return []
         return sorted(f for f in os.listdir(self.path) if f.endswith('.pth'))
 
+    def resume_file(self, resume):
+        """The file ``--resume`` names: ``auto`` -> this folder's current.pth; '' -> None (not checked to exist)."""
+        return os.path.join(self.path, 'current.pth') if resume == 'auto' else (resume or None)
+
     def prepare(self, opt, also=()):
         """Return the checkpoint to resume from (or None), after checking the folder (and ``also``) can be written.
 
@@ -210,10 +214,9 @@ class RunFolder:
         """
         for folder in (self.path, *also):
             check_folder_writable(folder)
-        resume = opt.resume
-        if resume == 'auto':
-            current = os.path.join(self.path, 'current.pth')
-            resume = current if os.path.isfile(current) else ''
+        resume = self.resume_file(opt.resume) or ''
+        if opt.resume == 'auto':
+            resume = resume if os.path.isfile(resume) else ''
             if not resume:                     # the run name holds flags (lr, batch size...): a changed one is new
                 print(f'--resume auto: no current.pth in {self.path}; starting a new run', flush=True)
         if resume:

@@ -1,11 +1,9 @@
-"""Data loading: the resumable sampler, training and evaluation loaders, splits and their sizes."""
+"""Data loading: the resumable sampler, training and evaluation loaders, and a data set's size against the flags.
+The data sets themselves are built by the ``inputs`` package and handed in."""
 import signal
 
-import numpy as np
 import torch
 
-import cpu_pipeline
-import dataset as ds
 from engine.errors import UserError
 
 
@@ -137,27 +135,6 @@ def eval_loader(dataset, opt, rt=None, shard=False):
                   worker_init_fn=ignore_stop_signals)
 
 
-def build_split(opt, split, transform, two_crop=False):
-    """``dataset.build_dataset`` for this run's flags."""
-    return ds.build_dataset(opt.dataset, opt.data_folder, split, transform, two_crop=two_crop,
-                            download=opt.download, skip_bad_images=opt.skip_bad_images,
-                            views=getattr(opt, 'views', None))    # multiview_folder reads these views' folders
-
-
-def align_classes(train_set, val_set, say):
-    """Number the val split's labels as the train split's, by class name (each split lists its own class folders,
-    so a val folder lacking a class would otherwise shift every later label). Says so in one line when val lacks
-    classes; a val class that train lacks is a UserError (``dataset.class_map``)."""
-    if list(val_set.classes) == list(train_set.classes):
-        return
-    missing = [name for name in train_set.classes if name not in val_set.classes]
-    val_set.relabel(train_set.classes)
-    if missing:
-        say(f'note: the val split lacks {len(missing)} of the {len(train_set.classes)} train classes '
-            f'({", ".join(missing[:5])}{", ..." if len(missing) > 5 else ""}); its labels follow the train split\'s '
-            f'numbering, by class name')
-
-
 def check_sizes(opt, n_data, what='the training set', nce_k=None):
     """Refuse, before any work, a data set too small for --batch_size (or for --nce_k negatives)."""
     if n_data == 0:
@@ -166,38 +143,3 @@ def check_sizes(opt, n_data, what='the training set', nce_k=None):
         raise UserError(f'--batch_size {opt.batch_size} is larger than {what} ({n_data} images); lower it')
     if nce_k is not None and nce_k >= n_data:
         raise UserError(f'--nce_k {nce_k} must be smaller than {what} ({n_data} images); lower it')
-
-
-COLOUR_SAMPLE = 32      # images looked at: a few dozen, decoded once, before any training
-GREY_SPREAD = 8         # a pixel is coloured when max(R,G,B) - min(R,G,B) exceeds this many uint8 levels (JPEG
-                        # rounding or a little noise on a grey image leave up to ~6)
-GREY_SHARE = 0.01       # an image is grayscale when under 1% of its pixels are coloured (a white icon with a small
-                        # coloured glyph still counts as colour)
-COLOUR_VIEWS = {'Lab': 'ab', 'YCbCr': 'CbCr'}
-
-
-def check_colour(dataset, view, say, advice, sample=COLOUR_SAMPLE):
-    """Refuse a data set whose images carry no colour when a view needs it: a grayscale image's ab (CbCr) channels
-    are constant, so that encoder would learn nothing while the run looks normal. Looks at ``sample`` images spread
-    evenly over the set; all grayscale is a UserError ending with ``advice``, some grayscale is one line of note."""
-    if isinstance(view, str):
-        chroma, flag = COLOUR_VIEWS.get(view), f'--view {view}'
-    else:                                       # a list of named views (train_CMC.py --views): those with colour
-        chroma, flag = ' and '.join(v for v in view if v in ds.CHROMA_VIEWS) or None, f'--views {" ".join(view)}'
-    if chroma is None:
-        return
-    picks = sorted(set(np.linspace(0, len(dataset) - 1, min(sample, len(dataset))).round().astype(int).tolist()))
-    grey = seen = 0
-    for index in picks:
-        try:
-            pixels = np.asarray(dataset.image(index), dtype=np.int16)      # H x W x 3
-        except cpu_pipeline.DECODE_ERRORS:                                 # a bad file is the loader's to report
-            continue
-        seen += 1
-        grey += int(((pixels.max(axis=2) - pixels.min(axis=2)) > GREY_SPREAD).mean() < GREY_SHARE)
-    if seen and grey == seen:
-        raise UserError(f'{flag} needs colour images, but all {seen} images sampled from the training set are '
-                        f'grayscale (equal R, G and B), so its {chroma} view would be constant; {advice}')
-    if grey:
-        say(f'note: {grey} of {seen} images sampled from the training set ({100 * grey / seen:.0f}%) are grayscale: '
-            f'their {chroma} view is constant')

@@ -2,10 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-import dataset as ds
-from engine.data import align_classes, build_split, eval_loader
-from engine.errors import MissingSplit
-from engine.loop import EpochReport
+from engine.data import eval_loader
+from engine.fit import EpochReport
 
 
 @torch.no_grad()
@@ -57,23 +55,23 @@ def knn_accuracy(encode, train_loader, val_loader, n_classes, rt, k=200, t=0.07)
     return (counts[0] / counts[1]).item() * 100
 
 
-def knn_monitor(opt, rt, encode, modules):
-    """An epoch-end evaluator (see ``engine.loop.Logged``) printing and logging the weighted kNN top-1 every
+def knn_monitor(opt, rt, encode, modules, splits):
+    """An epoch-end evaluator (see ``engine.fit.Logged``) printing and logging the weighted kNN top-1 every
     ``opt.knn_freq`` epochs, or None when it is off or there is no labelled val split.
 
-    ``encode`` maps a uint8 batch on the device to B x D features; ``modules`` are put in eval mode first.
+    ``encode`` maps a uint8 batch on the device to B x D features; ``modules`` are put in eval mode first;
+    ``splits()`` gives the labelled (train, val) data sets at the evaluation crop, val's labels numbered as train's,
+    or None when there are none (``inputs.splits.eval_splits``): called only when the monitor is on.
     """
     if opt.knn_freq is None:
         opt.knn_freq = 0 if opt.dataset in ('imagenet', 'imagenet100') else 1
     if opt.knn_freq <= 0:
         return None
-    try:
-        train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size))
-        val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
-    except MissingSplit:                        # no val/ folder: nothing to monitor; any other fault is an error
+    found = splits()
+    if found is None:
         rt.print('kNN monitor off: no labelled train/val split found')
         return None
-    align_classes(train_set, val_set, rt.print)
+    train_set, val_set = found
     n_classes = len(train_set.classes)
 
     def loader(d):

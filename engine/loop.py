@@ -1,38 +1,67 @@
-"""The loop: one training step and epoch, and the fit driver (resume, epochs, save, stop)."""
+"""The loop: one training step and epoch, the same for every method and for the linear probe.
+
+A step is ``stepper.method(stepper.view(images), index)`` (``Stepper``): the view turns the loader's batch into the
+method's input on the device, and the method returns a ``StepResult`` (the loss and its named metrics); then backward
+through the GradScaler, the optimizer step and the method's ``after_step`` (MoCo's EMA).
+"""
 import math
-import os
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from engine.checkpoint import load_checkpoint, load_weights, checkpoint_section, save_checkpoint, trained_model
-from engine.data import set_loader_epoch
-from engine.errors import TrainingStopped, UserError
-from engine.logger import TBLogger, progress
+from engine.errors import TrainingStopped
+from engine.logger import progress
 from engine.meters import AverageMeter, format_meters
-from engine.flags import describe_changes, flag_changes, opt_to_dict
-from engine.runtime import rng_state, set_rng_state, unwrap
-from engine.signals import StopSignal, stop_message
 
 
 @dataclass
 class StepResult:
-    """What a script's step function returns: the loss to minimise, the batch size and tensors to average."""
+    """What every method's forward returns (CMC, the predictive baseline, InsDis, MoCo, the linear probe): the loss to
+    minimise (a scalar tensor) and named metrics (scalar tensors, or numbers), averaged and logged by the loop. Both
+    stay on the device until the loop reads them."""
     loss: torch.Tensor
-    batch_size: int
     metrics: dict
+
+
+@dataclass
+class Stepper:
+    """How to step: ``method(view(images), index)`` -> StepResult, where ``view`` maps the loader's batch (moved to
+    the device) to the method's input and ``index`` are the items' data-set indices (their targets instead when
+    ``targets``: the linear probe). ``set_lr(epoch, step_in_epoch, n_batches)`` runs before each step; after the
+    optimizer step the method's ``after_step()``, if it has one (MoCo's momentum update). ``train_modules`` are put
+    in train mode each epoch (default: the method)."""
+    method: nn.Module
+    view: Callable
+    set_lr: Callable
+    targets: bool = False
+    train_modules: Optional[list] = None
+
+    def __post_init__(self):
+        if self.train_modules is None:
+            self.train_modules = [self.method]
+
+    def __call__(self, batch, device):
+        """One batch (images, targets, indices) -> the method's StepResult."""
+        images, targets, index = batch
+        x = self.view(images.to(device, non_blocking=True))
+        return self.method(x, torch.as_tensor(targets if self.targets else index).to(device, non_blocking=True))
+
+    def after_step(self):
+        after = getattr(self.method, 'after_step', None)
+        if after is not None:
+            after()
 
 
 def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, start_step=0):
     """One training epoch shared by the four scripts.
 
-    ``stepper.step(batch) -> StepResult`` computes the loss; this loop does timing, the optimiser step through the
-    GradScaler (a no-op without float16), ``stepper.after_step`` (MoCo's EMA), the non-finite-loss check, the
-    reference's console lines, and stopping on a signal.
+    ``stepper(batch, device) -> StepResult`` computes the loss (``Stepper``); this loop does timing, the optimiser
+    step through the GradScaler (a no-op without float16), ``stepper.after_step`` (MoCo's EMA), the non-finite-loss
+    check, the reference's console lines, and stopping on a signal.
 
     No host synchronisation inside a step: each step's loss and metrics stay on the device (`Readings`) and are read
     in one copy every ``print_freq`` steps, at the epoch's last step and before stopping; the non-finite check then
@@ -52,14 +81,13 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
     for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
         meters['DT'].update(time.time() - end)
         stepper.set_lr(epoch, step, n_batches)
-        result = stepper.step(batch)
+        result = stepper(batch, rt.device)
         optimizer.zero_grad(set_to_none=True)
         rt.scaler.scale(result.loss).backward()
         rt.scaler.step(optimizer)
         rt.scaler.update()
-        if stepper.after_step is not None:
-            stepper.after_step()
-        readings.add(result)
+        stepper.after_step()
+        readings.add(result, len(batch[0]))
         step += 1
         stopping = stop.poll(rt)
         if step % opt.print_freq == 0 or step == n_batches or stopping:
@@ -88,14 +116,14 @@ class Readings:
         self.fields, self.rt, self.epoch, self.n_batches = fields, rt, epoch, n_batches
         self.pending, self.batch_sizes, self.first_step = [], [], start_step   # steps first_step + 1, ...
 
-    def add(self, result):
+    def add(self, result, batch_size):
         """Queue one step's [loss, metrics...] (a device tensor of 1 + len(fields) float32; no sync)."""
         device = result.loss.device
         parts = [result.loss.detach().float().reshape(1)]
         parts += [torch.as_tensor(result.metrics[key], device=device).detach().float().reshape(1)
                   for key, _ in self.fields]
         self.pending.append(torch.cat(parts))
-        self.batch_sizes.append(result.batch_size)
+        self.batch_sizes.append(batch_size)
 
     def read_into(self, meters):
         """Read the pending steps into ``meters`` (one update per step, as if read each step); raise TrainingStopped
@@ -135,287 +163,3 @@ def non_finite_message(value, epoch, step, n_batches):
             f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
             f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
             f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.')
-
-
-# --------------------------------------------------------------------------- the fit driver and what configures it
-
-@dataclass
-class Stepper:
-    """How to step: ``step(batch) -> StepResult``, the modules put in train mode each epoch, ``set_lr(epoch,
-    step_in_epoch, n_batches)`` before each step, and ``after_step()`` after the optimiser (MoCo's EMA)."""
-    step: Callable
-    train_modules: list
-    set_lr: Callable
-    after_step: Optional[Callable] = None
-
-
-@dataclass
-class Checkpointed:
-    """What a checkpoint holds besides the position and RNG state: ``modules`` under their keys (model, contrast,
-    model_ema, classifier...), the optimizer, and plain ``values`` (best_acc1...) that epoch reports update."""
-    modules: dict
-    optimizer: torch.optim.Optimizer
-    values: dict = field(default_factory=dict)
-    fixed_flags: tuple = ()       # flags a resumed run must share with its checkpoint (the model, K, T, the view...)
-
-
-@dataclass
-class EpochReport:
-    """What an epoch-end evaluator hands back: TensorBoard ``scalars`` (tag -> value) for this epoch, checkpointed
-    ``values`` to update, and ``save_copy``, a path to also save this epoch's checkpoint to (the probe's best)."""
-    scalars: dict = field(default_factory=dict)
-    values: dict = field(default_factory=dict)
-    save_copy: Optional[str] = None
-
-
-@dataclass
-class Logged:
-    """What to log: console ``fields`` (meter key, label) each print_freq steps; TensorBoard ``tags`` (meter key or
-    'learning_rate', tag) each epoch under ``tb_name``; ``evaluators``, each ``(epoch, meters) -> EpochReport or
-    None``, run at the end of each epoch (the kNN monitor, the probe's validation)."""
-    fields: list
-    tags: list
-    tb_name: str
-    evaluators: list = field(default_factory=list)
-
-    def __post_init__(self):
-        self.evaluators = [e for e in self.evaluators if e is not None]     # None: an evaluator that is off
-
-
-class Fit:
-    """The epoch-level driver shared by the four scripts: resume, epochs, TensorBoard, checkpoints, signals.
-
-    A checkpoint records ``epoch``, the last finished epoch (the reference's meaning), and ``resume_step``, the
-    batches already done of the next one, besides ``checkpointed``'s modules, optimizer and values.
-    """
-
-    def __init__(self, opt, rt, run, loader, checkpointed, stepper, logged, argv=None):
-        self.opt, self.rt, self.run, self.loader = opt, rt, run, loader
-        self.saved, self.stepper, self.logged = checkpointed, stepper, logged
-        self.argv = argv or sys.argv
-        self.tb = TBLogger(os.path.join(opt.tb_path, logged.tb_name), enabled=rt.is_main)
-        self.start_epoch, self.start_step = 1, 0
-        self.writer = rt.is_main        # which processes save (decided per run by _is_writer)
-
-    def rng_states(self):
-        """Every process's RNG states, in rank order. A collective in a multi-process run: all processes call it."""
-        mine = rng_state()
-        if not self.rt.distributed:
-            return [mine]
-        states = [None] * self.rt.world_size
-        dist.all_gather_object(states, mine)
-        return states
-
-    def state(self, epoch, resume_step, rngs=None):
-        """The checkpoint of this run after ``epoch`` finished epochs and ``resume_step`` batches of the next."""
-        rngs = rngs or [rng_state()]
-        state = {'opt': opt_to_dict(self.opt), 'epoch': epoch, 'resume_step': resume_step,
-                 'world_size': self.rt.world_size,
-                 'optimizer': self.saved.optimizer.state_dict(), 'rng': rngs[0],
-                 'rng_per_process': rngs if len(rngs) > 1 else None}
-        for key, module in self.saved.modules.items():
-            state[key] = unwrap(module).state_dict()
-        if self.rt.scaler.is_enabled() or self.rt.amp_dtype is not None:
-            state['amp'] = self.rt.scaler.state_dict()
-        state.update(self.saved.values)
-        return state
-
-    def resume(self, path):
-        ckpt = load_checkpoint(path)
-        self._check_flags(ckpt, path)
-        for key, module in self.saved.modules.items():
-            load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
-                         path, trained_model(ckpt))
-        if 'optimizer' in ckpt:
-            try:
-                self.saved.optimizer.load_state_dict(ckpt['optimizer'])
-            except (ValueError, KeyError) as e:
-                raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
-        self._resume_scaler(ckpt, path)
-        per_process = ckpt.get('rng_per_process')
-        if per_process is not None and len(per_process) == self.rt.world_size:
-            set_rng_state(per_process[self.rt.rank])
-        elif ckpt.get('rng') is not None:
-            set_rng_state(ckpt['rng'])
-        for key in self.saved.values:
-            if key in ckpt:
-                self.saved.values[key] = ckpt[key]
-        self.start_epoch = int(ckpt.get('epoch', 0)) + 1
-        self.start_step = int(ckpt.get('resume_step', 0))
-        self.rt.print(f"=> resumed from {path}: epoch {self.start_epoch}, step {self.start_step}")
-
-    def _check_flags(self, ckpt, path):
-        """Refuse a resume whose flags contradict the checkpoint's state (one line listing each); note the rest."""
-        saved = ckpt['opt'] if isinstance(ckpt.get('opt'), dict) else {}
-        fixed = set(self.saved.fixed_flags)
-        if self.opt.seed_drawn:                 # no --seed: continue with the checkpoint's (0 before seeds were kept)
-            self.opt.seed = saved.get('seed') or 0
-            self.loader.sampler.seed = self.opt.seed
-            saved = {name: value for name, value in saved.items() if name != 'seed'}
-        elif ckpt.get('resume_step'):           # mid-epoch, another seed would reorder the rest of the epoch
-            fixed.add('seed')
-        refused, noted = flag_changes(saved, self.opt, fixed)
-        processes = ckpt.get('world_size', len(ckpt.get('rng_per_process') or [None]) if 'rng' in ckpt else None)
-        if processes is not None and processes != self.rt.world_size:
-            refused.append(('nproc_per_node', processes, self.rt.world_size))
-        if refused:
-            # Another number of processes is not supported: --batch_size is per process (another count changes the
-            # global batch and which images each process reads), and the checkpoint holds one RNG stream per process.
-            why = (' (the number of processes fixes the global batch, --batch_size x processes, and the per-process '
-                   'data order and RNG streams saved in the checkpoint)'
-                   if any(name == 'nproc_per_node' for name, _, _ in refused) else '')
-            raise UserError(f'cannot resume {path} with other values of flags that fix its state: '
-                            f'{describe_changes(refused)}{why}; resume with the checkpoint\'s values, or start a new '
-                            f'run in another --model_path')
-        if noted:
-            self.rt.print(f'note: resuming with changed flags: {describe_changes(noted)}')
-
-    def _resume_scaler(self, ckpt, path):
-        if ckpt.get('amp') and self.rt.scaler.is_enabled():
-            if 'scale' in ckpt['amp']:
-                self.rt.scaler.load_state_dict(ckpt['amp'])
-            else:                               # the reference's apex loss-scaler state: start a fresh scaler
-                self.rt.print(f'{path}: its amp entry is NVIDIA apex state; the GradScaler starts afresh')
-
-    def __call__(self):
-        """Run the remaining epochs; returns the checkpointed values (best_acc1...)."""
-        resume_path = self._resume_path()
-        if resume_path:
-            self.resume(resume_path)
-        if self.opt.seed_drawn:
-            seed = self.opt.seed
-            self.rt.print(f'no --seed given: continuing with the checkpoint\'s seed {seed}' if resume_path else
-                          f'no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)')
-        made = self.run.make() if self.rt.is_main else []
-        self.writer = self._is_writer()
-        try:
-            with StopSignal() as stop:
-                for epoch in range(self.start_epoch, self.opt.epochs + 1):
-                    self._epoch(epoch, stop)
-        except BaseException:
-            self.run.remove_if_empty(made)      # a run that failed before its first save leaves no empty folder
-            raise
-        self.tb.close()
-        return self.saved.values
-
-    def _resume_path(self):
-        """The checkpoint to resume from, as the main process found it (every process resumes from the same).
-        A bad input the main process finds here (a missing --resume file, a run folder in the way) ends every
-        process with the same UserError, printed once, instead of leaving the others in the broadcast."""
-        opt, rt = self.opt, self.rt
-        resume_path, failure = (opt.resume if opt.resume != 'auto' else ''), None
-        if rt.is_main:
-            try:
-                resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
-            except UserError as e:
-                failure = str(e)
-        if rt.distributed:
-            holder = [resume_path, failure]
-            dist.broadcast_object_list(holder, src=0)
-            resume_path, failure = holder
-        if failure is not None:
-            raise UserError(failure)
-        return resume_path
-
-    def _is_writer(self):
-        """Whether this process writes checkpoints: global rank 0 always; under torchrun also each node's first
-        process (LOCAL_RANK 0) when it cannot see the run folder rank 0 made, i.e. when the nodes share no file
-        system, so that every node keeps a copy it can resume from (all copies hold the same state). On a shared
-        file system one writer per path: two would race on the same file. A collective: every process calls it."""
-        rt = self.rt
-        if not rt.distributed:
-            return rt.is_main
-        holder = [f'.shared_fs_probe_{os.urandom(6).hex()}']
-        dist.broadcast_object_list(holder, src=0)
-        marker = os.path.join(self.run.path, holder[0])
-        if rt.is_main:
-            open(marker, 'w').close()
-        dist.barrier()
-        sees_rank0 = os.path.exists(marker)
-        dist.barrier()
-        if rt.is_main:
-            os.remove(marker)
-        writer = rt.is_main or (rt.is_local_main and not sees_rank0)
-        if writer and not rt.is_main:
-            os.makedirs(self.run.path, exist_ok=True)
-            print(f'rank {rt.rank}: no shared file system with rank 0; this node saves its own copy of the '
-                  f'checkpoints in {self.run.path}', flush=True)
-        return writer
-
-    def _epoch(self, epoch, stop):
-        """One epoch, its reports and its checkpoint; stops the run (TrainingStopped) when a signal came."""
-        set_loader_epoch(self.loader, epoch, self.start_step)
-        t0 = time.time()
-        meters, steps = train_epoch(epoch=epoch, loader=self.loader, stepper=self.stepper,
-                                    optimizer=self.saved.optimizer, rt=self.rt, opt=self.opt, stop=stop,
-                                    fields=self.logged.fields, start_step=self.start_step)
-        if steps < self.loader.sampler.batches_per_epoch():                 # a signal arrived mid-epoch
-            self._stop(stop, epoch - 1, steps)
-        self._report_skipped()
-        self.start_step = 0
-        self.rt.print(f'epoch {epoch}, total time {time.time() - t0:.2f}')
-        for key, tag in self.logged.tags:
-            value = self.saved.optimizer.param_groups[0]['lr'] if key == 'learning_rate' else meters[key].avg
-            self.tb.log_value(tag, value, epoch)
-        self.rt.broadcast_norm_buffers(*self.saved.modules.values())   # evaluate and save rank 0's model
-        for evaluate in self.logged.evaluators:
-            self._take(evaluate(epoch, meters), epoch)
-        rngs = self.rng_states()
-        self._save_everywhere(lambda: self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq))
-        self.tb.flush()
-        if stop.agreed(self.rt):                    # a signal during the epoch-end work
-            self._stop(stop, epoch, 0)
-
-    def _take(self, report, epoch):
-        """Log an evaluator's report, keep its values, and save the extra copy it asks for."""
-        if report is None:
-            return
-        for tag, value in report.scalars.items():
-            self.tb.log_value(tag, value, epoch)
-        self.saved.values.update(report.values)
-        if report.save_copy:
-            self._save_everywhere(lambda: save_checkpoint(self.state(epoch, 0), report.save_copy))
-
-    def _save_everywhere(self, save):
-        """Run ``save`` where this process writes checkpoints. A failure (a full disk) ends every process with its
-        one line: under torchrun the others would otherwise wait in the next collective until a timeout."""
-        failure = None
-        if self.writer:
-            try:
-                save()
-            except UserError as e:
-                failure = str(e)
-            except OSError as e:                  # not a full disk (that is a UserError): a permission, a lost mount
-                failure = f'could not save a checkpoint in {self.run.path}: {e}'
-        if self.rt.distributed:
-            failures = [None] * self.rt.world_size
-            dist.all_gather_object(failures, failure)
-            failure = next((f for f in failures if f is not None), None)
-        if failure is not None:
-            raise UserError(failure)
-
-    def _report_skipped(self):
-        """--skip_bad_images: say how many files were skipped (counted where they were read: with --num_workers 0
-        here; workers warn once per file instead)."""
-        skipped = getattr(self.loader.dataset, 'num_skipped', 0)
-        if skipped:
-            self.rt.print(f'skipped {skipped} undecodable image{"s" if skipped != 1 else ""} so far '
-                          f'(--skip_bad_images)')
-
-    def _stop(self, stop, epochs_done, resume_step):
-        """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
-        path = os.path.join(self.run.path, 'current.pth')
-        rngs = self.rng_states()
-        self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path))
-        self.tb.close()
-        argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
-        while rest:
-            arg = rest.pop(0)
-            if arg == '--resume':
-                rest = rest[1:]
-            elif not arg.startswith('--resume='):
-                argv.append(arg)
-        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
-        n_batches = self.loader.sampler.batches_per_epoch()
-        message = stop_message(stop, path, epochs_done, resume_step, n_batches, argv, launcher)
-        raise TrainingStopped(message if self.rt.is_main else '', exit_code=128 + stop.signum)   # said once

@@ -8,13 +8,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import dataset as ds
 from engine.checkpoint import RunFolder, checkpoint_section, load_checkpoint, load_weights, trained_model
-from engine.data import align_classes, build_split, check_colour, check_sizes, eval_loader, make_loader
-from engine.loop import Checkpointed, EpochReport, Fit, Logged, Stepper, StepResult
-from engine.runtime import unwrap
+from engine.data import eval_loader, make_loader
+from engine.fit import Checkpointed, EpochReport, Fit, Logged
+from engine.loop import Stepper, StepResult
 from engine.meters import AverageMeter, accuracy, format_meters
-from engine.schedule import adjust_learning_rate, cosine_learning_rate, warmup_factor
+from engine.runtime import unwrap
+from engine.schedule import LearningRate
 
 FIELDS = [('loss', 'Loss'), ('acc1', 'Acc@1'), ('acc5', 'Acc@5')]
 # Flags that fix what a probe checkpoint means (the classifier's input, its optimizer state, the batches done).
@@ -25,17 +25,17 @@ FIXED_FLAGS = ('model', 'layer', 'view', 'probe_views', 'bn', 'adam', 'batch_siz
 class ProbeSpec:
     """What a probe script supplies. ``make_encoder(feat_dim)`` builds the pretrained architecture;
     ``features(encoder, x) -> B x C [x H x W]`` runs it on a normalised batch; ``make_classifier(C, n)`` builds the
-    head for C feature channels and n classes; ``view`` turns uint8 crops into the encoder's input."""
+    head for C feature channels and n classes; ``view`` turns uint8 crops into the encoder's input; ``splits()``
+    builds the labelled (train, val) data sets (``inputs.splits.probe_splits``), after the checkpoint has loaded."""
     make_encoder: Callable
     features: Callable
     make_classifier: Callable
-    train_transform: Callable
     view: nn.Module
+    splits: Callable
     adam: bool = False
     cosine: bool = False
     warm_epochs: int = 0                       # 0: no warm-up
     sync_bn: bool = False
-    colour_view: str = None                    # 'Lab' / 'YCbCr': refuse grayscale data (their chroma is constant)
 
 
 def load_pretrained(make_encoder, opt):
@@ -179,22 +179,8 @@ class Validation:
         if acc1 > self.saved.values['best_acc1']:       # the best so far (-1 before any), a resumed run's included
             report.values.update(best_acc1=acc1, best_acc5=acc5)
             self.rt.print('saving best model!')
-            report.save_copy = self.best_path          # saved by the processes that write (engine.loop.Fit)
+            report.save_copy = self.best_path          # saved by the processes that write (engine.fit.Fit)
         return report
-
-
-def _probe_data(opt, rt, spec):
-    """(train set, val set, classes) for the probe; with --cache_features the train set holds features."""
-    train_set = build_split(opt, 'train', ds.eval_transform(opt.image_size) if opt.cache_features
-                            else spec.train_transform)
-    val_set = build_split(opt, 'val', ds.eval_transform(opt.image_size))
-    align_classes(train_set, val_set, rt.print)
-    check_sizes(opt, len(train_set))
-    if spec.colour_view:
-        check_colour(train_set, spec.colour_view, rt.print, advice='a CMC encoder is probed on colour data')
-    n_label = len(train_set.classes)
-    rt.print(f'number of train: {len(train_set)}, number of val: {len(val_set)}, classes: {n_label}')
-    return train_set, val_set, n_label
 
 
 def _optimizer(params, opt, adam):
@@ -211,7 +197,8 @@ def run_linear_probe(opt, rt, spec, argv):
     """
     run = RunFolder(os.path.join(opt.save_path, opt.model_name))
     frozen = FrozenEncoder(spec, opt, rt)
-    train_set, val_set, n_label = _probe_data(opt, rt, spec)
+    train_set, val_set = spec.splits()
+    n_label = len(train_set.classes)
     val_loader = eval_loader(val_set, opt, rt, shard=True)     # each val image in exactly one process
     channels = frozen(next(iter(val_loader))[0][:2]).shape[1]
     classifier = spec.make_classifier(channels, n_label).to(rt.device)
@@ -233,8 +220,8 @@ def run_linear_probe(opt, rt, spec, argv):
     optimizer = _optimizer(list(classifier.parameters()), opt, spec.adam)
     # Several processes train one classifier: DDP averages its gradients (--syncBN also syncs the --bn statistics).
     head = rt.wrap(_ProbeHead(feature_bn, classifier), sync_bn=spec.sync_bn)
-    stepper = Stepper(step=_probe_step(opt, rt, head, frozen, n_label), train_modules=list(_saved(head).values()),
-                      set_lr=_probe_schedule(opt, optimizer, spec))
+    stepper = Stepper(ProbeObjective(head, rt, n_label), view=as_float32 if opt.cache_features else frozen,
+                      set_lr=LearningRate(opt, optimizer, spec.cosine, spec.warm_epochs), targets=True)
     saved = Checkpointed(modules=_saved(head), optimizer=optimizer,
                          values={'best_acc1': -1.0, 'best_acc5': -1.0, 'last_acc1': 0.0, 'last_acc5': 0.0},
                          fixed_flags=FIXED_FLAGS)
@@ -254,28 +241,27 @@ def _saved(head):
     return {'classifier': inner.classifier, **({'feature_bn': inner.bn} if inner.bn is not None else {})}
 
 
-def _probe_step(opt, rt, head, frozen, n_label):
-    criterion = nn.CrossEntropyLoss()
+def as_float32(features):
+    """The probe's view of cached features (float16 in host memory): float32."""
+    return features.float()
 
-    def step(batch):
-        inputs, target, _ = batch
-        feat = inputs.to(rt.device, non_blocking=True).float() if opt.cache_features else frozen(inputs)
-        target = target.to(rt.device, non_blocking=True)
-        with rt.autocast():
-            output = head(feat)
+
+class ProbeObjective(nn.Module):
+    """The probe's objective, stepped by the loop like a method's: cross-entropy of the head (``--bn`` and the linear
+    classifier, under DDP when several processes train it) on B frozen features, with top-1 / top-5 (percent) as
+    metrics. ``forward(features, targets) -> StepResult``."""
+
+    console_fields = FIELDS
+
+    def __init__(self, head, rt, n_label):
+        super().__init__()
+        self.head, self.rt, self.n_label = head, rt, n_label
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, feat, target):
+        with self.rt.autocast():
+            output = self.head(feat)
         output = output.float()
-        loss = criterion(output, target)
-        acc1, acc5 = accuracy(output, target, topk=(1, min(5, n_label)))
-        return StepResult(loss=loss, batch_size=target.shape[0],
-                          metrics={'loss': loss, 'acc1': acc1[0], 'acc5': acc5[0]})
-    return step
-
-
-def _probe_schedule(opt, optimizer, spec):
-    def set_lr(epoch, step_in_epoch, n_batches):
-        lr = cosine_learning_rate(epoch, opt) if spec.cosine else adjust_learning_rate(epoch, opt, optimizer)
-        if spec.warm_epochs:
-            lr *= warmup_factor(epoch, step_in_epoch, n_batches, spec.warm_epochs)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-    return set_lr
+        loss = self.criterion(output, target)
+        acc1, acc5 = accuracy(output, target, topk=(1, min(5, self.n_label)))
+        return StepResult(loss=loss, metrics={'loss': loss, 'acc1': acc1[0], 'acc5': acc5[0]})

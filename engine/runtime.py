@@ -37,7 +37,7 @@ class Runtime:
     @property
     def is_local_main(self):
         """The first process of its node (LOCAL_RANK 0): the one that writes a node's checkpoints when the nodes do
-        not share a file system (``engine.loop.Fit``)."""
+        not share a file system (``engine.fit.Fit``)."""
         return self.local_rank == 0
 
     def autocast(self):

@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the reference (step decay, cosine, warm-up) and its optimiser."""
+"""Learning-rate schedules of the reference (step decay, cosine, warm-up), the loop's ``LearningRate``, and the
+optimiser."""
 import math
 
 import numpy as np
@@ -38,3 +39,22 @@ def sgd(model, opt):
     """The reference's optimiser for pretraining: SGD with momentum and weight decay over all parameters."""
     return torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
                            weight_decay=opt.weight_decay)
+
+
+class LearningRate:
+    """The loop's ``set_lr(epoch, step_in_epoch, n_batches)``: step decay (``adjust_learning_rate``) or, with
+    ``cosine``, ``cosine_learning_rate``, times the linear warm-up over ``warm_epochs`` (0: none), written into every
+    parameter group of ``optimizer`` before each step."""
+
+    def __init__(self, opt, optimizer, cosine=False, warm_epochs=0):
+        self.opt, self.optimizer, self.cosine, self.warm_epochs = opt, optimizer, cosine, warm_epochs
+
+    def __call__(self, epoch, step_in_epoch, n_batches):
+        if self.cosine:
+            lr = cosine_learning_rate(epoch, self.opt)
+        else:
+            lr = adjust_learning_rate(epoch, self.opt, self.optimizer)
+        if self.warm_epochs:
+            lr *= warmup_factor(epoch, step_in_epoch, n_batches, self.warm_epochs)
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr

@@ -1,4 +1,5 @@
-"""What the three methods share: how the trained encoder runs (DDP wrapper, autocast) once the runtime is known."""
+"""What the methods share: how the trained encoder runs (DDP wrapper, autocast) once the runtime is known, and what
+the loop reads of a method (its forward's ``StepResult``, ``console_fields``, ``tb_tags``, ``after_step``)."""
 from contextlib import nullcontext
 
 import torch
@@ -17,12 +18,23 @@ def eager():
 class ContrastMethod(nn.Module):
     """Base of the methods: ``encoder`` is trained, ``contrast`` holds the memory; both are submodules, so
     ``state_dict()`` is the whole method. ``set_runtime(rt)`` wraps the encoder for several processes (DDP) and
-    sets mixed precision; until then the method runs as it is, in float32."""
+    sets mixed precision; until then the method runs as it is, in float32.
+
+    A method owns its objective: ``forward(x, index)`` (x the views of a batch, normalised, on the device; index the
+    items' data-set indices) returns an ``engine.loop.StepResult``, the loss and the named metrics that
+    ``console_fields`` (metric key, console label) and ``tb_tags`` (metric key or 'learning_rate', TensorBoard tag)
+    show. ``after_step()`` runs after each optimizer step."""
+
+    console_fields = [('loss', 'loss')]
+    tb_tags = []
 
     def __init__(self, encoder, contrast):
         super().__init__()
         self.encoder, self.contrast = encoder, contrast
         self._runtime = None
+
+    def after_step(self):
+        """Called by the loop after each optimizer step (MoCo's momentum update); nothing by default."""
 
     def set_runtime(self, rt):
         """Run the encoder through ``rt.wrap`` (DDP averages its gradients) and under ``rt.autocast()``."""

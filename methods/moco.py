@@ -5,8 +5,10 @@ import torch
 import torch.distributed as dist
 
 from NCE.NCEAverage import MemoryMoCo, gather_from_all_processes
+from NCE.NCECriterion import contrast_criterion
 
 from .base import ContrastMethod
+from .insdis import INSTANCE_FIELDS, INSTANCE_TAGS, instance_result
 
 
 class MoCo(ContrastMethod):
@@ -15,8 +17,11 @@ class MoCo(ContrastMethod):
     ``encoder`` is the query encoder f_q; ``encoder_k`` (f_k) starts as its copy and follows it as
     theta_k <- alpha theta_k + (1 - alpha) theta_q after each step (``momentum_update``); ``contrast``
     (``MemoryMoCo``) holds the K x D queue and its pointer as buffers. Keys are computed with ShuffleBN (Sec. 3.3).
-    Checkpoint entries: model (f_q), model_ema (f_k), contrast.
+    The loss is the InfoNCE of eq. 1 (``use_softmax``, MoCo's) or NCE. Checkpoint entries: model (f_q), model_ema
+    (f_k), contrast.
     """
+
+    console_fields, tb_tags = INSTANCE_FIELDS, INSTANCE_TAGS
 
     def __init__(self, encoder, feat_dim, n_data, K, T=0.07, use_softmax=False, z_momentum=None, alpha=0.999):
         super().__init__(encoder, MemoryMoCo(feat_dim, n_data, K, T, use_softmax, z_momentum=z_momentum))
@@ -24,8 +29,17 @@ class MoCo(ContrastMethod):
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         self.alpha = alpha
+        self.criterion = contrast_criterion(use_softmax, n_data)
 
-    def forward(self, x_q, x_k):
+    def forward(self, x, index=None):
+        """x: B x 6 x H x W, the query and key crops of the same images on channels (index unused). Returns the
+        StepResult (loss, prob)."""
+        return instance_result(self.criterion, self.scores(x[:, :3], x[:, 3:]))
+
+    def after_step(self):
+        self.momentum_update()
+
+    def scores(self, x_q, x_k):
         """x_q, x_k: B x 3 x H x W, two augmentations of the same images. Returns B x (K+1); column 0 is q.k+."""
         with self.autocast():
             q = self.trained(x_q)                                           # B x D

@@ -135,8 +135,8 @@ def random_encoder(args, seed):
 def knn_top1(args, ckpt_path, probe_views):
     """Weighted kNN top-1 (k=200, t=0.07) of the probed views' layer-6 features, train split -> val split."""
     import torch
-    from colour import ViewStack
-    from cmc_views import key_names
+    from views import ViewStack
+    from views.flags import key_names
     from dataset import build_dataset, eval_transform
     from engine import checkpoint, data, knn, runtime
     from models import build_cmc_model

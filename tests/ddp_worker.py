@@ -19,7 +19,6 @@ from engine.data import eval_loader, make_loader, set_loader_epoch   # noqa: E40
 from engine.knn import knn_accuracy                                  # noqa: E402
 from engine.runtime import Runtime                                   # noqa: E402
 from methods import CMC, InsDis, MoCo                                # noqa: E402
-from NCE.NCECriterion import contrast_criterion                      # noqa: E402
 
 N_DATA, FEAT, K, BATCH = 32, 8, 6, 8          # BATCH: the global batch; each of W processes takes BATCH / W
 
@@ -60,19 +59,15 @@ def train(method_name, rt, steps=3, bn=True):
         method = MoCo(Tiny(bn), FEAT, N_DATA, K, T=0.1, use_softmax=True, alpha=0.9)
     method.set_runtime(rt)
     torch.manual_seed(1 + rt.rank)                    # as setup_runtime: another stream per process
-    criterion = contrast_criterion(True, N_DATA)
     optimizer = torch.optim.SGD(method.encoder.parameters(), lr=0.5, momentum=0.9)
     for step in range(steps):
         x, index = batch(step, rt)
-        out = method(x[:, :3], x[:, 3:]) if method_name == 'moco' else method(x[:, :3], index)
-        outs = out.values() if isinstance(out, dict) else [out]
-        loss = sum(criterion(o).squeeze() for o in outs)
+        loss = method(x if method_name == 'moco' else x[:, :3], index).loss     # MoCo: query | key crops
         optimizer.zero_grad()
         loss.backward()
         grad = torch.cat([p.grad.reshape(-1) for p in method.encoder.parameters()])
         optimizer.step()
-        if method_name == 'moco':
-            method.momentum_update()
+        method.after_step()
     return {'state': {k: v.clone() for k, v in method.state_dict().items()}, 'grad': grad}
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import dataset
 import train_CMC
-from colour import VALUE_RANGES, VIEW_STATS, COLOUR_VIEWS, DeviceView, ViewStack
+from views import COLOUR_VIEWS, VALUE_RANGES, VIEW_STATS, DeviceView, ViewStack
 from engine.data import set_loader_epoch
 from engine.errors import UserError
 from engine.runtime import setup_runtime
@@ -116,7 +116,7 @@ def _first_step(argv):
     parts.train_view.register_forward_hook(keep)
     set_loader_epoch(parts.loader, 1)
     parts.method.train()
-    result = parts.stepper.step(next(iter(parts.loader)))
+    result = parts.stepper(next(iter(parts.loader)), rt.device)
     result.loss.backward()
     return result.loss.item(), seen['x']
 

@@ -15,7 +15,7 @@ from engine import checkpoint
 from engine.checkpoint import RunFolder
 from engine.data import set_loader_epoch
 from engine.errors import UserError
-from engine.loop import Fit
+from engine.fit import Fit
 from engine.runtime import COMPILE_BACKEND_ENV, compile_in_place, setup_runtime
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, 'compile'), reason='torch.compile is not available')
@@ -39,7 +39,7 @@ def _steps(argv, n=1):
     parts.method.train()
     losses, batches = [], iter(parts.loader)
     for _ in range(n):
-        result = parts.stepper.step(next(batches))
+        result = parts.stepper(next(batches), rt.device)
         parts.saved.optimizer.zero_grad()
         result.loss.backward()
         parts.saved.optimizer.step()

@@ -1,5 +1,5 @@
-"""The uint8 colour kernels (colour.fast_rgb_to_*, FastView, DeviceView on the CPU) against scikit-image and the
-generic formula, also under autocast; cpu_pipeline's draft JPEG decoding against full decoding."""
+"""The uint8 colour kernels (views.kernels.fast_rgb_to_*, FastView, DeviceView on the CPU) against scikit-image and the
+generic formula, also under autocast; inputs.crops' draft JPEG decoding against full decoding."""
 import io
 import pickle
 
@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-import colour
-import cpu_pipeline
+from inputs import crops
+from inputs import decode
+from views import kernels
 import dataset
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea')
@@ -36,7 +37,7 @@ def test_fast_lab_matches_skimage(name):
     # float32 throughout: the cube root exp(log(t) / 3) is good to ~1e-7 relative, and a = 500 (fx - fy) multiplies
     # that by 500, so ~1e-4 is the float32 floor; measured 9e-5 over all 256^3 colours. 5e-4 leaves a margin.
     photo = getattr(skimage.data, name)()
-    ours = colour.fast_rgb_to_lab(chw(photo)).permute(1, 2, 0).double().numpy()
+    ours = kernels.fast_rgb_to_lab(chw(photo)).permute(1, 2, 0).double().numpy()
     assert np.abs(ours - skimage.color.rgb2lab(photo)).max() <= 5e-4
 
 
@@ -44,7 +45,7 @@ def test_fast_lab_matches_skimage(name):
 def test_fast_ycbcr_matches_skimage(name):
     # A float32 affine map of values up to 240: ulp ~1.5e-5, a few roundings; measured 3.3e-5 over all colours.
     photo = getattr(skimage.data, name)()
-    ours = colour.fast_rgb_to_ycbcr(chw(photo)).permute(1, 2, 0).double().numpy()
+    ours = kernels.fast_rgb_to_ycbcr(chw(photo)).permute(1, 2, 0).double().numpy()
     assert np.abs(ours - skimage.color.rgb2ycbcr(photo)).max() <= 1e-4
 
 
@@ -52,7 +53,7 @@ def test_lab_toe_and_extremes():
     # Dark colours take the linear toe of CIE f(t); black, white and the primaries bound the range.
     values = np.array([0, 1, 2, 5, 10, 20, 23, 24, 25, 30, 128, 254, 255], dtype=np.uint8)
     grid = np.stack(np.meshgrid(values, values, values, indexing='ij'), -1).reshape(len(values), -1, 3)
-    ours = colour.fast_rgb_to_lab(chw(grid)).permute(1, 2, 0).double().numpy()
+    ours = kernels.fast_rgb_to_lab(chw(grid)).permute(1, 2, 0).double().numpy()
     assert np.abs(ours - skimage.color.rgb2lab(grid)).max() <= 5e-4
 
 
@@ -61,7 +62,7 @@ def test_fast_view_matches_device_view(space):
     # Same float32 maths in a different order (normalisation folded into the matrices): measured ~1e-6.
     batch = torch.stack([chw(getattr(skimage.data, name)()[:160, :160]) for name in PHOTOS])  # 3 x 3 x 160 x 160
     two_crop = torch.cat([batch, batch.flip(-1)], dim=1)  # B x 6 x H x W, as MoCo's query and key
-    ours = colour.FastView(space)(two_crop)
+    ours = kernels.FastView(space)(two_crop)
     assert ours.dtype == torch.float32 and ours.shape == two_crop.shape
     generic = dataset.DeviceView(space, cpu_kernel=False)(two_crop)     # the formula DeviceView runs off the CPU
     assert (ours - generic).abs().max().item() <= 1e-5
@@ -108,11 +109,11 @@ def test_device_view_on_cpu_under_autocast(space, dtype):
     with torch.autocast('cpu', dtype=dtype):
         ours = dataset.DeviceView(space)(batch)
         generic = dataset.DeviceView(space, cpu_kernel=False)(batch)
-        lab = colour.fast_rgb_to_lab(batch)
+        lab = kernels.fast_rgb_to_lab(batch)
         assert torch.is_autocast_enabled('cpu')                          # switched off inside the kernel only
     assert ours.dtype == generic.dtype == torch.float32
     assert (ours - generic).abs().max().item() <= 1e-5
-    assert torch.equal(ours, plain) and torch.equal(lab, colour.fast_rgb_to_lab(batch))
+    assert torch.equal(ours, plain) and torch.equal(lab, kernels.fast_rgb_to_lab(batch))
     assert torch.equal(generic, dataset.DeviceView(space, cpu_kernel=False)(batch))
 
 
@@ -120,7 +121,7 @@ def test_device_view_off_the_cpu_runs_the_generic_formula(monkeypatch):
     # Accelerators keep the generic formula: on a non-CPU device (meta: shapes only) the kernel is never called.
     def refuse(*args):
         raise AssertionError('uint8 kernel called off the CPU')
-    monkeypatch.setattr(colour, '_cpu_kernel', refuse)
+    monkeypatch.setattr(kernels, '_cpu_kernel', refuse)
     view = dataset.DeviceView('Lab').to('meta')
     out = view(torch.empty(2, 6, 8, 8, dtype=torch.uint8, device='meta'))
     assert out.device.type == 'meta' and out.dtype == torch.float32 and out.shape == (2, 6, 8, 8)
@@ -131,18 +132,18 @@ def test_device_view_off_the_cpu_runs_the_generic_formula(monkeypatch):
 
 def test_conversions_reject_bad_input():
     with pytest.raises(TypeError):
-        colour.fast_rgb_to_lab(torch.zeros(3, 4, 4))
+        kernels.fast_rgb_to_lab(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError):
-        colour.fast_rgb_to_lab(torch.zeros(4, 4, 3, dtype=torch.uint8)[..., :2])
+        kernels.fast_rgb_to_lab(torch.zeros(4, 4, 3, dtype=torch.uint8)[..., :2])
     with pytest.raises(ValueError):
-        colour.FastView('HSV')
+        kernels.FastView('HSV')
 
 
 def test_large_image_runs_in_chunks():
     # More pixels than one chunk: chunk boundaries must not show.
-    assert colour.CPU_CHUNK_PIXELS < 300 * 256                                     # more than one chunk
+    assert kernels.CPU_CHUNK_PIXELS < 300 * 256                                     # more than one chunk
     photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((300, 256)))
-    ours = colour.fast_rgb_to_lab(chw(photo)[None]).squeeze(0).permute(1, 2, 0).double().numpy()
+    ours = kernels.fast_rgb_to_lab(chw(photo)[None]).squeeze(0).permute(1, 2, 0).double().numpy()
     assert np.abs(ours - skimage.color.rgb2lab(photo)).max() <= 5e-4
 
 
@@ -155,19 +156,19 @@ def test_draft_decode_matches_full_decode(name, size):
     for _ in range(25):
         image = Image.open(io.BytesIO(data))
         box = transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3])  # (top, left, h, w)
-        scales.add(cpu_pipeline.draft_scale(image.size, box, size))
-        drafted = cpu_pipeline.decode_crop(image, box, size)
-        full = cpu_pipeline.decode_crop(Image.open(io.BytesIO(data)), box, size, use_draft=False)
+        scales.add(crops.draft_scale(image.size, box, size))
+        drafted = crops.decode_crop(image, box, size)
+        full = crops.decode_crop(Image.open(io.BytesIO(data)), box, size, use_draft=False)
         diff = (drafted.int() - full.int()).abs()
         assert drafted.shape == full.shape == (3, size, size) and drafted.dtype == torch.uint8
-        assert diff.float().mean().item() <= cpu_pipeline.DRAFT_TOLERANCE['mean_abs']
-        assert diff.max().item() <= cpu_pipeline.DRAFT_TOLERANCE['max_abs']
+        assert diff.float().mean().item() <= crops.DRAFT_TOLERANCE['mean_abs']
+        assert diff.max().item() <= crops.DRAFT_TOLERANCE['max_abs']
     assert scales & {2, 4}, f"no reduced-scale decode exercised (scales {scales})"
 
 
 def test_draft_really_decodes_small():
     image = Image.open(io.BytesIO(jpeg_bytes('coffee')))
-    cpu_pipeline.decode_crop(image, (0, 0, 375, 500), 64)  # 375 / 4 >= 64: quarter scale
+    crops.decode_crop(image, (0, 0, 375, 500), 64)  # 375 / 4 >= 64: quarter scale
     assert image.size == (125, 94)
 
 
@@ -179,16 +180,16 @@ def test_transform_matches_torchvision_when_no_draft_applies():
         torch.manual_seed(seed)
         expected = dataset.cmc_train_transform(224, fast=False)(Image.open(io.BytesIO(data)).convert('RGB'))
         torch.manual_seed(seed)
-        ours = cpu_pipeline.DraftRandomResizedCrop(224)(cpu_pipeline.lazy_loader(io.BytesIO(data)))
+        ours = crops.DraftRandomResizedCrop(224)(decode.lazy_loader(io.BytesIO(data)))
         assert ours.dtype == torch.uint8 and ours.shape == (3, 224, 224)
         assert torch.equal(ours, expected)
 
 
 def test_transform_is_picklable_and_handles_png(tmp_path):
-    transform = pickle.loads(pickle.dumps(cpu_pipeline.DraftRandomResizedCrop(48, scale=(0.5, 1.0))))
+    transform = pickle.loads(pickle.dumps(crops.DraftRandomResizedCrop(48, scale=(0.5, 1.0))))
     path = tmp_path / 'x.png'
     Image.fromarray(skimage.data.coffee()).save(path)
-    out = transform(cpu_pipeline.lazy_loader(str(path)))
+    out = transform(decode.lazy_loader(str(path)))
     assert out.dtype == torch.uint8 and out.shape == (3, 48, 48)
     grey = Image.fromarray(skimage.data.camera())  # mode L: converted to RGB after decoding
     assert transform(grey).shape == (3, 48, 48)
@@ -204,9 +205,9 @@ def test_torch_resized_crop_matches_torchvision():
         for _ in range(20):
             box = transforms.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3])
             expected = transforms.functional.pil_to_tensor(transforms.functional.resized_crop(image, *box, [size] * 2))
-            diff = (cpu_pipeline.torch_resized_crop(image, box, size).int() - expected.int()).abs()
-            assert diff.max() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['max_abs']
-            assert diff.float().mean() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['mean_abs']
+            diff = (crops.torch_resized_crop(image, box, size).int() - expected.int()).abs()
+            assert diff.max() <= crops.TORCH_RESIZE_TOLERANCE['max_abs']
+            assert diff.float().mean() <= crops.TORCH_RESIZE_TOLERANCE['mean_abs']
 
 
 def test_fast_crop_draws_as_torchvision_and_keeps_grayscale():
@@ -219,5 +220,5 @@ def test_fast_crop_draws_as_torchvision_and_keeps_grayscale():
         torch.manual_seed(seed)
         ours = fast(image)
         assert ours.dtype == torch.uint8 and ours.shape == (3, 96, 96) and ours.is_contiguous()
-        assert (ours.int() - expected.int()).abs().max() <= cpu_pipeline.TORCH_RESIZE_TOLERANCE['max_abs']
+        assert (ours.int() - expected.int()).abs().max() <= crops.TORCH_RESIZE_TOLERANCE['max_abs']
     assert fast(Image.fromarray(skimage.data.camera())).shape == (1, 96, 96)       # mode L stays one channel

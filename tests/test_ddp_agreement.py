@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import ROOT
 from engine.errors import UserError
-from engine.loop import Fit
+from engine.fit import Fit
 from engine.signals import StopSignal
 from engine.runtime import Runtime
 

@@ -68,7 +68,7 @@ def test_probe_maps_val_labels_by_class_name(tmp_path, random_encoder, capsys):
 
 def knn_by_hand(run, data, val_labels):
     """The monitor's number by a second path: the run's encoder, the train split's labels and ``val_labels``."""
-    from colour import DeviceView
+    from views import DeviceView
     from dataset import eval_transform
     from engine.knn import knn_predict
     ckpt = checkpoint.load_checkpoint(os.path.join(run, 'current.pth'))
@@ -138,7 +138,7 @@ def test_grayscale_images_stop_a_colour_view_run(tmp_path, mode, view):
 
 def test_the_colour_check_reads_what_the_view_sees():
     """The grayscale test is about the view: a grey image's ab channels are constant to float precision."""
-    from colour import DeviceView
+    from views import DeviceView
     make = lambda pixels: torch.from_numpy(np.asarray(pixels)).permute(2, 0, 1)[None]   # noqa: E731
     rng = np.random.RandomState(0)
     grey = np.repeat(rng.randint(0, 256, (16, 16, 1)), 3, axis=2).astype(np.uint8)

@@ -8,7 +8,7 @@ import torch
 
 from engine import runtime
 from engine.errors import TrainingStopped
-from engine.loop import StepResult, train_epoch
+from engine.loop import Stepper, StepResult, train_epoch
 from engine.signals import StopSignal
 
 FIELDS = [('loss', 'loss'), ('prob', 'prob')]
@@ -22,20 +22,32 @@ class Loader(list):
         self.sampler = types.SimpleNamespace(batches_per_epoch=lambda: len(batches))
 
 
+class Steps(torch.nn.Module):
+    """A method whose step i returns loss losses[i] (times a parameter, so backward runs); ``stop_after``: the step
+    during which a signal arrives."""
+
+    def __init__(self, losses, stop, stop_after):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.losses, self.stop, self.stop_after = losses, stop, stop_after
+
+    def forward(self, x, index):
+        step = int(index[0])
+        if self.stop_after is not None and step + 1 == self.stop_after:
+            self.stop.signum = 15                      # as SIGTERM's handler would, during this step
+        loss = self.weight * self.losses[step]
+        return StepResult(loss=loss, metrics={'loss': loss, 'prob': torch.tensor(step * 1.0)})
+
+
 def run(losses, print_freq, stop_after=None, reads=None):
-    """One epoch whose step i returns loss losses[i] (times a parameter, so backward runs); returns (meters, steps)."""
-    weight = torch.nn.Parameter(torch.ones(()))
-    optimizer = torch.optim.SGD([weight], lr=0.0)
+    """One epoch of ``Steps`` over batches of 2 items; returns (meters, steps)."""
     stop = StopSignal()
     rt = runtime.Runtime(device=torch.device('cpu'), scaler=torch.amp.GradScaler('cpu', enabled=False))
-
-    def step(batch):
-        if stop_after is not None and batch + 1 == stop_after:
-            stop.signum = 15                           # as SIGTERM's handler would, during this step
-        loss = weight * losses[batch]
-        return StepResult(loss=loss, batch_size=2, metrics={'loss': loss, 'prob': torch.tensor(batch * 1.0)})
-    stepper = types.SimpleNamespace(step=step, train_modules=[], set_lr=lambda *a: None, after_step=None)
-    return train_epoch(epoch=1, loader=Loader(list(range(len(losses)))), stepper=stepper, optimizer=optimizer,
+    method = Steps(losses, stop, stop_after)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
+    stepper = Stepper(method, view=lambda x: x, set_lr=lambda *a: None)
+    batches = [(torch.zeros(2, 1), torch.zeros(2), torch.full((2,), i)) for i in range(len(losses))]
+    return train_epoch(epoch=1, loader=Loader(batches), stepper=stepper, optimizer=optimizer,
                        rt=rt, opt=types.SimpleNamespace(print_freq=print_freq), stop=stop, fields=FIELDS)
 
 

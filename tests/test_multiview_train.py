@@ -14,7 +14,7 @@ import LinearProbing
 import train_CMC
 from dataset import build_dataset, cmc_train_transform
 from engine import checkpoint, errors
-from colour import DeviceView, ViewStack
+from views import DeviceView, ViewStack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--device', 'cpu', '--seed', '0',

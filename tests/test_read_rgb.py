@@ -1,4 +1,4 @@
-"""cpu_pipeline.read_rgb (JPEG through torchvision's decode_jpeg) against PIL's decode, and the loader that
+"""decode.read_rgb (JPEG through torchvision's decode_jpeg) against PIL's decode, and the loader that
 ImageFolderInstance picks for each transform: same pixels, same crops, PIL's errors for files it cannot read."""
 import os
 import warnings
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import default_loader
 
-import cpu_pipeline
+from inputs import decode
 import dataset
 from conftest import make_image_folder
 from engine.errors import UserError
@@ -38,7 +38,7 @@ def pil_pixels(path):
 @pytest.mark.parametrize('photo', ['astronaut', 'chelsea'])
 def test_jpeg_pixels_equal_pil(tmp_path, variant, photo):
     path = save(tmp_path / 'x.jpg', getattr(skimage.data, photo)(), **JPEG_VARIANTS[variant])
-    ours = cpu_pipeline.read_rgb(path)
+    ours = decode.read_rgb(path)
     assert isinstance(ours, torch.Tensor) and ours.dtype == torch.uint8 and ours.shape[0] == 3
     assert torch.equal(ours, pil_pixels(path))
 
@@ -46,25 +46,25 @@ def test_jpeg_pixels_equal_pil(tmp_path, variant, photo):
 @pytest.mark.parametrize('mode', ['L', 'CMYK'])
 def test_grayscale_and_cmyk_jpeg_become_the_same_rgb(tmp_path, mode):
     path = save(tmp_path / 'x.jpg', skimage.data.coffee(), mode=mode, quality=90)
-    ours = cpu_pipeline.read_rgb(path)
+    ours = decode.read_rgb(path)
     assert ours.shape == (3, 400, 600) and torch.equal(ours, pil_pixels(path))
 
 
 def test_other_formats_and_broken_jpegs_go_through_pil(tmp_path):
     png = save(tmp_path / 'x.png', skimage.data.coffee())
-    image = cpu_pipeline.read_rgb(png)
+    image = decode.read_rgb(png)
     assert isinstance(image, Image.Image) and image.mode == 'RGB'
     assert np.array_equal(np.array(image), skimage.data.coffee())
     good = save(tmp_path / 'good.jpg', skimage.data.coffee(), quality=90)
     data = open(good, 'rb').read()
     (tmp_path / 'cut.jpg').write_bytes(data[:len(data) // 2])
     with pytest.raises(OSError, match='truncated'):  # PIL's error, as the default loader raises it
-        cpu_pipeline.read_rgb(str(tmp_path / 'cut.jpg'))
+        decode.read_rgb(str(tmp_path / 'cut.jpg'))
     (tmp_path / 'junk.jpg').write_bytes(data[:3] + b'not a jpeg at all' * 10)
     with pytest.raises(OSError):
-        cpu_pipeline.read_rgb(str(tmp_path / 'junk.jpg'))
+        decode.read_rgb(str(tmp_path / 'junk.jpg'))
     with pytest.raises(FileNotFoundError):
-        cpu_pipeline.read_rgb(str(tmp_path / 'missing.jpg'))
+        decode.read_rgb(str(tmp_path / 'missing.jpg'))
 
 
 def test_pils_decompression_bomb_limit_applies_to_jpeg(tmp_path, monkeypatch):
@@ -73,12 +73,12 @@ def test_pils_decompression_bomb_limit_applies_to_jpeg(tmp_path, monkeypatch):
     path = save(tmp_path / 'x.jpg', skimage.data.coffee(), quality=90)  # 600 x 400 = 240,000 pixels
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100_000)
     with pytest.raises(Image.DecompressionBombError):  # over twice the limit: an error, as PIL's default loader
-        cpu_pipeline.read_rgb(path)
+        decode.read_rgb(path)
     with pytest.raises(Image.DecompressionBombError):
         default_loader(path)
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 200_000)
     with pytest.warns(Image.DecompressionBombWarning):  # over the limit: PIL's warning, then the same pixels
-        ours = cpu_pipeline.read_rgb(path)
+        ours = decode.read_rgb(path)
     assert isinstance(ours, torch.Tensor) and ours.shape == (3, 400, 600)
 
 
@@ -87,7 +87,7 @@ def test_warnings_made_errors_fall_back_to_pil(tmp_path):
     path = save(tmp_path / 'x.jpg', skimage.data.coffee(), quality=90)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        image = cpu_pipeline.read_rgb(path)
+        image = decode.read_rgb(path)
     expected = pil_pixels(path)
     if isinstance(image, torch.Tensor):  # a torchvision without the notice decodes it itself
         assert torch.equal(image, expected)
@@ -110,7 +110,7 @@ def test_fast_crop_of_the_tensor_equals_the_crop_of_the_pil_image(tmp_path):
         torch.manual_seed(seed)
         from_pil = crop(default_loader(path))
         torch.manual_seed(seed)
-        from_tensor = crop(cpu_pipeline.read_rgb(path))
+        from_tensor = crop(decode.read_rgb(path))
         assert from_tensor.is_contiguous() and torch.equal(from_tensor, from_pil)
 
 
@@ -123,7 +123,7 @@ def test_image_folder_picks_the_loader_by_transform_and_items_agree(tmp_path):
     root = make_folder(tmp_path)
     fast = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2))
     pil = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2, fast=False))
-    assert fast.loader is cpu_pipeline.read_rgb and pil.loader is default_loader
+    assert fast.loader is decode.read_rgb and pil.loader is default_loader
     assert isinstance(fast.image(0), Image.Image)  # image() stays a PIL image for every transform
     reference = dataset.ImageFolderInstance(os.path.join(root, 'train'), transform=dataset.cmc_train_transform(64, 0.2))
     reference.loader = default_loader  # the same transform fed PIL images: a second path to the same crops

@@ -43,7 +43,7 @@ def test_dataparallel_runtime_wraps_encoders_and_moco_key_encoder():
     assert isinstance(moco.trained, nn.DataParallel) and isinstance(moco.key_encoder(), nn.DataParallel)
     assert unwrap(moco.trained) is moco.encoder and unwrap(moco.key_encoder()) is moco.encoder_k
     assert not any(k.startswith('module.') or '.module.' in k for k in moco.state_dict())
-    assert moco(torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)).shape == (4, 5)
+    assert moco.scores(torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)).shape == (4, 5)
 
 
 @pytest.fixture(scope='module')

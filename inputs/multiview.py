@@ -2,11 +2,13 @@
 Sec. 4.3: RGB (split into L and ab), depth, surface normals and segmentation, each stored as an image).
 
 Layout: ``data_folder/{train,val}/<view folder>/<class>/<file>``. The same relative path (class and file name,
-without the extension) across view folders is one instance. Colour views (L, ab, H, ...) are read from the ``rgb``
-folder; any other view is read from the folder of its name: a single-channel image (L, P, I;16, I, F) as one channel,
-an RGB image (e.g. normals) as three, an alpha channel dropped; 16-bit images are scaled to 8 bits (x / 257).
-Items are (img, target, index): img is uint8, C x H x W, the rgb folder's 3 channels first (when a colour view is
-asked for), then each file view in ``--views`` order. The random crop and flip are drawn once per instance: the
+without the extension) across view folders is one instance. Views made from RGB (the colour views L, ab, H, ... and
+the computed views of ``--view_module``) are read from the ``rgb`` folder; any other view is read from the folder of
+its name, and registered as a view read from files (``views.registry.register_file_view``): a single-channel image
+(L, P, I;16, I, F) as one channel, an RGB image (e.g. normals) as three, an alpha channel dropped; 16-bit images are
+scaled to 8 bits (x / 257).
+Items are (img, target, index): img is uint8, C x H x W, the rgb folder's 3 channels first (when a view made from RGB
+is asked for), then each file view in ``--views`` order. The random crop and flip are drawn once per instance: the
 transform runs once on the views stacked on channels.
 """
 import os
@@ -17,22 +19,23 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from colour import COLOUR_VIEWS
-from cpu_pipeline import DECODE_ERRORS
 from engine.errors import UserError
+from inputs.decode import DECODE_ERRORS
+from inputs.folders import class_map
+from views.registry import RGB_FOLDER, find_view, register_file_view
 
-RGB_FOLDER = 'rgb'
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
 SHOWN = 5                                   # missing files named in the error line
 
 
 def view_folders(views):
-    """The folders the views are read from: ``rgb`` for the colour views (once, first), then each other view's."""
+    """The folders the views are read from: ``rgb`` for the views made from RGB (once, first), then each other
+    view's."""
     if not views:
         raise UserError('--dataset multiview_folder needs the views to read (train_CMC.py --views, or a checkpoint '
                         'of it for LinearProbing.py)')
-    folders = [RGB_FOLDER] if any(view in COLOUR_VIEWS for view in views) else []
-    return folders + [view for view in views if view not in COLOUR_VIEWS]
+    from_rgb = [view for view in views if find_view(view) is not None and find_view(view).from_rgb]
+    return ([RGB_FOLDER] if from_rgb else []) + [view for view in views if view not in from_rgb]
 
 
 def _scan(folder):
@@ -70,7 +73,7 @@ def tensor_transform(transform):
     the crop and flip are drawn once for all the views stacked on channels."""
     if transform is None:
         return None
-    if all(hasattr(transform, name) for name in ('size', 'scale', 'ratio', 'flip_p')):   # cpu_pipeline's fused crop
+    if all(hasattr(transform, name) for name in ('size', 'scale', 'ratio', 'flip_p')):   # FastRandomResizedCrop
         return transforms.Compose([transforms.RandomResizedCrop(transform.size, transform.scale, transform.ratio,
                                                                 antialias=True),
                                    transforms.RandomHorizontalFlip(transform.flip_p)])
@@ -90,6 +93,11 @@ class MultiviewFolder(Dataset):
         if absent:
             raise UserError(f"{root} has no view folder{'s' if len(absent) > 1 else ''} {', '.join(absent)} (views "
                             f"{' '.join(self.views)}; it has {', '.join(sorted(os.listdir(root))) or 'nothing'})")
+        clashing = [view for view in self.views if view not in self.folders and view in os.listdir(root)]
+        if clashing:
+            found = find_view(clashing[0])
+            raise UserError(f'{root} has a view folder {clashing[0]!r}, but {clashing[0]!r} is also a registered '
+                            f'{found.kind} view ({found.source}); rename the folder or the view')
         files = {folder: _scan(os.path.join(root, folder)) for folder in self.folders}
         self.keys = sorted(set().union(*files.values()))
         if not self.keys:
@@ -105,6 +113,8 @@ class MultiviewFolder(Dataset):
         self.transform = tensor_transform(transform)
         self.file_channels = {folder: self._load(0)[i].shape[2] for i, folder in enumerate(self.folders)
                               if folder != RGB_FOLDER}
+        for view, channels in self.file_channels.items():
+            register_file_view(view, channels, root)
 
     def __len__(self):
         return len(self.keys)
@@ -131,7 +141,6 @@ class MultiviewFolder(Dataset):
 
     def relabel(self, classes):
         """Number this set's classes as ``classes`` (another split's list, matched by name)."""
-        from dataset import class_map
         mapping = class_map(self.classes, classes, self.root)
         self.targets = [mapping[t] for t in self.targets]
         self.classes = list(classes)

@@ -1,13 +1,9 @@
-"""Fast CPU input-pipeline pieces: reduced-scale JPEG decoding and torch-resized uint8 crops for random crops.
+"""Random-resized crops on the CPU workers: reduced-scale JPEG decoding and torch-resized uint8 crops.
 
 Conventions (one for the whole module):
   * images are **uint8 torch tensors, channels first**: (..., C, H, W), as `PILToTensor` and the data loader make them;
   * crops are boxes (top, left, height, width) in full-resolution pixels, as torchvision's
     `RandomResizedCrop.get_params` returns them.
-
-The uint8 colour kernels that used to live here (`fast_rgb_to_lab`, `fast_rgb_to_ycbcr`, `FastView`) are in `colour`,
-next to the generic formula they reproduce: `colour.DeviceView` runs them on CPU tensors. This module imports nothing
-from `colour`, so the two never import each other.
 
 Decoding (`decode_crop`, `draft_random_resized_crop`, `DraftRandomResizedCrop`): JPEG's DCT can decode at 1/2, 1/4 or
 1/8 scale for a fraction of the cost (PIL `Image.draft`). A random-resized crop is decoded at the smallest such scale
@@ -15,13 +11,8 @@ at which the crop box still has at least the output resolution, so the final bil
 ever shrinks; the result then differs from a full-resolution decode of the same box only by the DCT-domain
 pre-filtering: mean |diff| ~1 uint8 level (<= 4 per crop), see `DRAFT_TOLERANCE`. With no reduction the result is
 exactly torchvision's RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
-
-Reading (`read_rgb`, `image_loader`): the ImageFolder loader for transforms that take tensors decodes JPEG files with
-torchvision's libjpeg-turbo (`torchvision.io.decode_jpeg`) straight into a uint8 tensor: the same pixels as PIL's
-decode + convert('RGB'), without PIL's two copies (convert, then the numpy view of the bytes).
 """
 
-import io
 import math
 import warnings
 
@@ -29,19 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
-from torchvision.datasets.folder import default_loader
 
-try:
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # a torchvision without its image codecs (deprecated in 0.29 for TorchCodec's): PIL decodes all
-    decode_jpeg = None
-# torchvision 0.29 warns on every decode that its codecs move to TorchCodec (the same libjpeg-turbo, the same pixels:
-# compared 2026-11-30 with torchcodec 0.17); not the user's concern, and the ImportError above covers the removal.
-warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision are deprecated',
-                        category=DeprecationWarning)
 
 # Agreement of a draft (reduced-scale) decode with a full decode of the same box, per crop, in uint8 levels: the bounds
-# tests/test_cpu_pipeline.py asserts. Measured on scikit-image photographs saved as JPEG quality 90 at 500 x 375, 200
+# tests/inputs/test_crops.py asserts. Measured on scikit-image photographs saved as JPEG quality 90 at 500 x 375, 200
 # random boxes each, 64 and 112 px outputs: mean |diff| 0.3-1.8 on average, 3.1 at worst (1/4 scale, astronaut);
 # max |diff| 55 at worst (a single pixel on a sharp edge). At scale 1 (no draft) the result is torchvision's exactly.
 DRAFT_TOLERANCE = {'mean_abs': 4.0, 'max_abs': 80}
@@ -132,9 +114,9 @@ def draft_random_resized_crop(image, size, scale=(0.2, 1.0), ratio=(3.0 / 4.0, 4
 class DraftRandomResizedCrop:
     """Transform: PIL image -> uint8 3 x S x S tensor; replaces RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
 
-    For JPEG files opened lazily (`lazy_loader`, or `Image.open` without `.convert`), decodes at 1/2, 1/4 or 1/8 scale
-    when the crop still has at least S x S pixels there; other images (PNG, already decoded, small crops) take the
-    full decode. Picklable (plain attributes), so it works in DataLoader workers.
+    For JPEG files opened lazily (`inputs.decode.lazy_loader`, or `Image.open` without `.convert`), decodes at 1/2,
+    1/4 or 1/8 scale when the crop still has at least S x S pixels there; other images (PNG, already decoded, small
+    crops) take the full decode. Picklable (plain attributes), so it works in DataLoader workers.
     """
 
     def __init__(self, size, scale=(0.2, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), flip_p=0.5, use_draft=True):
@@ -158,7 +140,7 @@ class DraftRandomResizedCrop:
 
 # torch's uint8 antialiased bilinear resize against torchvision's PIL resized_crop of the same integer box, per crop:
 # measured on 500 x 375 JPEG photographs, 300 random boxes, 224 px: max |diff| 1 uint8 level, mean 0.02 (worst crop
-# 0.15). tests/test_cpu_pipeline.py asserts these bounds.
+# 0.15). tests/inputs/test_crops.py asserts these bounds.
 TORCH_RESIZE_TOLERANCE = {'mean_abs': 0.25, 'max_abs': 1}
 
 
@@ -203,9 +185,10 @@ def torch_resized_crop(image, box, size, flip=False):
 class FastRandomResizedCrop:
     """Transform: PIL image -> uint8 C x S x S tensor; replaces RandomResizedCrop + RandomHorizontalFlip + PILToTensor.
 
-    Also takes a uint8 C x H x W tensor (`read_rgb`'s output; ``accepts_tensors``, so `image_loader` picks that
-    loader). Draws the box and the flip exactly as torchvision (same seeded draws, same order), then: a reduced-scale
-    JPEG decode when the file is not decoded yet and the box has 2x the output to spare (`decode_crop`, PIL resize of
+    Also takes a uint8 C x H x W tensor (`inputs.decode.read_rgb`'s output; ``accepts_tensors``, so
+    `inputs.decode.image_loader` picks that loader). Draws the box and the flip exactly as torchvision (same seeded
+    draws, same order), then: a reduced-scale JPEG decode when the file is not decoded yet and the box has 2x the
+    output to spare (`decode_crop`, PIL resize of
     the fractional box), else `torch_resized_crop` (within 1 uint8 level of torchvision's pixels). Grayscale ('L')
     images stay one channel, as PILToTensor leaves them. Picklable, so it runs in DataLoader workers.
     """
@@ -228,48 +211,5 @@ class FastRandomResizedCrop:
         return f"FastRandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, flip_p={self.flip_p})"
 
 
-def lazy_loader(path):
-    """ImageFolder loader that opens without decoding (PIL decodes on first pixel access), so draft still applies.
-
-    Unlike torchvision's default loader it does not `.convert('RGB')` up front; `decode_crop` converts after the
-    (possibly reduced) decode.
-    """
-    return Image.open(path)
-
-
-# What reading a broken, unreadable or oversized image file raises (PIL's errors, also through `read_rgb`).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def read_rgb(path):
-    """The image file at path as RGB: a uint8 3 x H x W tensor for JPEG files, else a PIL RGB image.
-
-    PIL reads the header first (the format, and its decompression-bomb check: `Image.MAX_IMAGE_PIXELS`, as the default
-    loader applies it). JPEG then decodes with `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; the same pixels as
-    ``Image.open(path).convert('RGB')`` on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale and CMYK files,
-    tests/test_read_rgb.py) into a channels-last view of its H x W x 3 buffer: 0.4 ms less decode per 500 x 375 file,
-    ~0.6 ms less worker CPU per training item (bench/README.md). A JPEG that libjpeg-turbo refuses (truncated,
-    corrupt) and every other format go through PIL, so errors are PIL's (`DECODE_ERRORS`), as with torchvision's
-    default loader. Unlike PIL, libjpeg-turbo prints its warnings about damaged but decodable files to stderr
-    ("Corrupt JPEG data: N extraneous bytes before marker 0xd9"), once per decode.
-    """
-    with open(path, 'rb') as handle:
-        data = handle.read()
-    image = Image.open(io.BytesIO(data))  # parses the header only
-    if image.format == 'JPEG' and decode_jpeg is not None:
-        try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except (RuntimeError, Warning):  # refused, or torchvision's deprecation notice made an error (-W error)
-            pass
-    return image.convert('RGB')
-
-
-def image_loader(transform):
-    """The ImageFolder loader for a transform: `read_rgb` when it takes tensors (``transform.accepts_tensors``), else
-    torchvision's default PIL loader."""
-    return read_rgb if getattr(transform, 'accepts_tensors', False) else default_loader
-
-
-__all__ = ['read_rgb', 'image_loader', 'DECODE_ERRORS', 'draft_scale', 'decode_crop', 'draft_random_resized_crop',
-           'DraftRandomResizedCrop', 'lazy_loader', 'DRAFT_TOLERANCE', 'torch_resized_crop', 'FastRandomResizedCrop',
-           'TORCH_RESIZE_TOLERANCE']
+__all__ = ['draft_scale', 'decode_crop', 'draft_random_resized_crop', 'DraftRandomResizedCrop', 'DRAFT_TOLERANCE',
+           'torch_resized_crop', 'FastRandomResizedCrop', 'TORCH_RESIZE_TOLERANCE']
