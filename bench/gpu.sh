@@ -227,7 +227,7 @@ resume_check
 
 # ------------------------------------------------------------------------------- 4. the tests that take a device
 # The files that run models, memories or scripts on TEST_DEVICE (the rest of the suite is device-free: CI runs it).
-DEVICE_TESTS=$(grep -l 'TEST_DEVICE' tests/test_*.py | tr '\n' ' ')
+DEVICE_TESTS=$(grep -rl 'TEST_DEVICE' tests --include='test_*.py' | tr '\n' ' ')
 XDIST=()
 if "$PY" -c 'import xdist' 2>/dev/null; then XDIST=(-n 4); fi
 # shellcheck disable=SC2086

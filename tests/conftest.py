@@ -43,3 +43,25 @@ def make_image_folder(root, classes=3, per_class=8, size=72, splits=('train', 'v
 @pytest.fixture(scope='session')
 def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp('data'))
+
+
+def random_images(count, height, width, seed):
+    """count x height x width x 3 uint8 noise."""
+    return np.random.default_rng(seed).integers(0, 256, size=(count, height, width, 3), dtype=np.uint8)
+
+
+def chw(image_hwc):
+    """An H x W x C uint8 array as a C x H x W tensor (PILToTensor's layout)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image_hwc).transpose(2, 0, 1)))
+
+
+def write_class_folder(root, per_class=3, size=(12, 10)):
+    """root/{cat,dog}/img{i}.png with random pixels; returns {path: (array, class index)}."""
+    written = {}
+    for label, name in enumerate(['cat', 'dog']):
+        os.makedirs(root / name)
+        for i, array in enumerate(random_images(per_class, size[1], size[0], seed=10 * label + 1)):
+            path = str(root / name / f'img{i}.png')
+            Image.fromarray(array).save(path)
+            written[path] = (array, label)
+    return written

@@ -1,4 +1,4 @@
-"""Run by tests/test_scaling.py under ``torchrun --nproc_per_node 2`` (gloo, CPU): a few steps of each method on
+"""Run by tests/engine/test_scaling.py under ``torchrun --nproc_per_node 2`` (gloo, CPU): a few steps of each method on
 tiny random models and data, the sharded evaluation helpers, and the loader's per-process streams. Each process
 writes what it ended with to ``<out>/rank<r>.pt``; the test compares the processes (and a one-process run).
 

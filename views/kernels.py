@@ -16,7 +16,7 @@ from views.colour import (CIE_EPSILON, LAB_SLOPE, D65_WHITE, VIEW_STATS, XYZ_FRO
 # written in place, not through a copy into a strided slice (2^15-pixel chunks: 0.89-0.93 ms per 224 px crop against
 # 0.75-0.77, alone and beside a decoding process, 2026-11-30). Agreement with scikit-image 0.26 (float64) over all
 # 256^3 uint8 colours: Lab max |diff| 9e-5 (L, a, b units), YCbCr 3.3e-5; with the generic formula (the normalised
-# view, DeviceView(space, cpu_kernel=False)) ~1e-6 (tests/test_cpu_pipeline.py asserts <= 1e-5). Always float32:
+# view, DeviceView(space, cpu_kernel=False)) ~1e-6 (tests/views/test_kernels.py asserts <= 1e-5). Always float32:
 # autocast is off inside (it would run the matrix products in bfloat16), as in the generic formula.
 
 CPU_CHUNK_PIXELS = 1 << 16  # pixels per chunk of Lab: a 224 or 256 px crop in one

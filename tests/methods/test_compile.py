@@ -5,7 +5,6 @@ The backend is aot_eager (CMC_COMPILE_BACKEND, which the scripts read): TorchDyn
 AOTAutograd traces forward and backward exactly as for inductor (the default), but the graphs then run on eager
 kernels instead of generated C++; inductor's code generation takes ~75 s for resnet18v1 on this 2-core CPU
 (bench/README.md, "The step"), too long for a test. Dynamo's tracing alone is still ~10-30 s of the test."""
-import os
 
 import pytest
 import torch

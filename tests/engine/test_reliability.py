@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from engine import checkpoint, errors
+from engine import checkpoint
 from conftest import make_image_folder
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One thread per process: with two OpenMP threads on a busy 2-core machine an epoch can take 100x longer (spinning
 # barriers), and both runs of a bit-identity comparison must use the same thread count anyway.
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 from engine import checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def torchrun(script, *args):

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from NCE import MultiviewContrast, NCEAverage, contrast_view_pairs, sample_contrast_indices

@@ -15,8 +15,8 @@ import train_CMC
 from dataset import build_dataset, cmc_train_transform
 from engine import checkpoint, errors
 from views import DeviceView, ViewStack
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--device', 'cpu', '--seed', '0',
         '--print_freq', '1', '--model', 'alexnet', '--nce_k', '8', '--epochs', '1']
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 # script -> lines its smoke output must contain (the rows a reader looks for)

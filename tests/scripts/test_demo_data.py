@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import ROOT as REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NPZ_PATH = os.path.join(REPO_ROOT, "data", "emoji64.npz")
 BUILDER_PATH = os.path.join(REPO_ROOT, "scripts", "build_demo_data.py")
 

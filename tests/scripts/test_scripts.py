@@ -16,8 +16,8 @@ from engine import checkpoint, errors
 from conftest import TEST_DEVICE
 from methods import MoCo
 from models import build_cmc_model, build_ins_model
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--image_size', '64', '--num_workers', '0', '--batch_size', '8', '--device', TEST_DEVICE, '--seed', '0',
         '--print_freq', '1']
 

@@ -128,7 +128,7 @@ def test_training_step_agrees(tmp_path, photo_folder, monkeypatch, view):
             '--nce_k', '8', '--softmax', '--num_workers', '0', '--device', 'cpu', '--seed', '0', '--knn_freq', '0',
             '--view', view]
     # The device path with torchvision's crops, the draws the reference transform makes: the same pixels both ways
-    # (the default fast crop is within 1 uint8 level of them, tests/test_cpu_pipeline.py).
+    # (the default fast crop is within 1 uint8 level of them, tests/views/test_kernels.py).
     monkeypatch.setattr(train_CMC, 'cmc_train_transform', functools.partial(dataset.cmc_train_transform, fast=False))
     loss_device, x_device = _first_step(argv)
     loss_cpu, x_cpu = _first_step(argv + ['--color_on_cpu'])

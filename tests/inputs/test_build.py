@@ -1,5 +1,5 @@
-"""Transforms, ImageFolderInstance, ArrayImageDataset and build_dataset on tiny generated files."""
-
+"""inputs.build.build_dataset for image folders and the bundled demo file; inputs.files (STL-10, CIFAR-10,
+Fashion-MNIST) through it, on files written here in each format."""
 import gzip
 import os
 import pickle
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import chw, random_images, write_class_folder
 from torchvision import transforms
 
 import dataset
@@ -17,168 +17,9 @@ from engine.errors import UserError
 TO_TENSOR = transforms.PILToTensor()
 
 
-def _random_images(count, height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, size=(count, height, width, 3), dtype=np.uint8)
-
-
-def _chw(image_hwc):
-    return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
-
-
-# ----------------------------------------------------------------------------------------- transforms
-
-def test_train_transforms_give_uint8_crops():
-    image = Image.fromarray(_random_images(1, 80, 100, 0)[0])
-    for transform in (dataset.cmc_train_transform(64, 0.2), dataset.moco_train_transform(64, 0.2, 'CJ'),
-                      dataset.moco_train_transform(64, 0.2, 'NULL')):
-        torch.manual_seed(0)
-        first = transform(image)
-        torch.manual_seed(0)
-        assert torch.equal(transform(image), first)  # seeded -> reproducible
-        assert first.dtype == torch.uint8 and first.shape == (3, 64, 64)
-        assert not torch.equal(transform(image), first)  # random crops
-    with pytest.raises(UserError, match="unknown augmentation 'XX'"):
-        dataset.moco_train_transform(64, 0.2, 'XX')
-
-
-def test_moco_colour_augmentation_only_with_cj():
-    flat = Image.new('RGB', (40, 30), (200, 30, 90))
-    torch.manual_seed(0)
-    null = [dataset.moco_train_transform(16, 0.2, 'NULL')(flat) for _ in range(10)]
-    cj = [dataset.moco_train_transform(16, 0.2, 'CJ')(flat) for _ in range(20)]
-    colour = torch.tensor([200, 30, 90], dtype=torch.uint8).view(3, 1, 1)
-    assert all(torch.equal(crop, colour.expand(3, 16, 16)) for crop in null)  # crops of a flat image
-    assert sum(torch.equal(crop, colour.expand(3, 16, 16)) for crop in cj) == 0
-    assert any(torch.equal(crop[0], crop[1]) and torch.equal(crop[1], crop[2]) for crop in cj)  # some grey
-
-
-@pytest.mark.parametrize('image_size, resized', [(64, 73), (224, 256)])
-def test_eval_transform_sizes(image_size, resized):
-    transform = dataset.eval_transform(image_size)
-    assert transform.transforms[0].size == resized and transform.transforms[1].size == (image_size, image_size)
-    array = _random_images(1, 300, 400, 1)[0]
-    out = transform(Image.fromarray(array))
-    assert out.dtype == torch.uint8 and out.shape == (3, image_size, image_size)
-    # Same as PIL: shorter side -> resized, centre crop (torchvision rounds the offsets).
-    width = int(resized * 400 / 300)
-    big = Image.fromarray(array).resize((width, resized), Image.BILINEAR)
-    left, top = int(round((width - image_size) / 2)), int(round((resized - image_size) / 2))
-    expected = np.asarray(big.crop((left, top, left + image_size, top + image_size)))
-    assert torch.equal(out, _chw(expected))
-
-
-# ------------------------------------------------------------------------------ ImageFolderInstance
-
-def _write_folder(root, per_class=3, size=(12, 10)):
-    """root/{cat,dog}/img{i}.png with random pixels; returns {path: (array, class index)}."""
-    written = {}
-    for label, name in enumerate(['cat', 'dog']):
-        os.makedirs(root / name)
-        for i, array in enumerate(_random_images(per_class, size[1], size[0], seed=10 * label + 1)):
-            path = str(root / name / f'img{i}.png')
-            Image.fromarray(array).save(path)
-            written[path] = (array, label)
-    return written
-
-
-def test_image_folder_instance_items(tmp_path):
-    written = _write_folder(tmp_path / 'train')
-    data = dataset.ImageFolderInstance(tmp_path / 'train', transform=TO_TENSOR)
-    assert data.classes == ['cat', 'dog'] and data.targets == [0, 0, 0, 1, 1, 1] and len(data) == 6
-    for index in range(len(data)):
-        img, target, returned_index = data[index]
-        array, label = written[data.samples[index][0]]
-        assert returned_index == index and target == label and torch.equal(img, _chw(array))
-
-
-def test_image_folder_instance_two_crop(tmp_path):
-    _write_folder(tmp_path / 'train', size=(40, 30))
-    data = dataset.ImageFolderInstance(tmp_path / 'train', transform=dataset.cmc_train_transform(16), two_crop=True)
-    torch.manual_seed(0)
-    img, target, index = data[4]
-    assert img.shape == (6, 16, 16) and img.dtype == torch.uint8 and (target, index) == (1, 4)
-    assert not torch.equal(img[:3], img[3:])  # two independent crops
-    with pytest.raises(UserError, match='two_crop needs a transform'):
-        dataset.ImageFolderInstance(tmp_path / 'train', two_crop=True)
-
-
-def _write_bad_files(class_folder):
-    with open(class_folder / 'img0_a_junk.png', 'wb') as f:
-        f.write(b'this is not an image')
-    buffer = class_folder / 'img0_b_truncated.png'
-    Image.fromarray(_random_images(1, 50, 50, 7)[0]).save(buffer)
-    content = buffer.read_bytes()
-    buffer.write_bytes(content[: len(content) // 2])
-
-
-def test_bad_image_raises_user_error_naming_file(tmp_path):
-    _write_folder(tmp_path / 'train')
-    _write_bad_files(tmp_path / 'train' / 'cat')
-    data = dataset.ImageFolderInstance(tmp_path / 'train', transform=TO_TENSOR)
-    names = [os.path.basename(path) for path, _ in data.samples]
-    for bad in ('img0_a_junk.png', 'img0_b_truncated.png'):
-        with pytest.raises(UserError, match=rf'{bad}.*--skip_bad_images'):
-            data[names.index(bad)]
-
-
-def test_skip_bad_images_substitutes_next_item(tmp_path):
-    written = _write_folder(tmp_path / 'train')
-    _write_bad_files(tmp_path / 'train' / 'cat')
-    (tmp_path / 'train' / 'dog' / 'img9_last.png').write_bytes(b'broken')
-    data = dataset.ImageFolderInstance(tmp_path / 'train', transform=TO_TENSOR, skip_bad_images=True)
-    names = [os.path.basename(path) for path, _ in data.samples]
-    junk = names.index('img0_a_junk.png')
-    assert names[junk + 1] == 'img0_b_truncated.png'  # two bad files in a row
-    with pytest.warns(UserWarning) as warned:
-        img, target, index = data[junk]
-    assert ['img0_a_junk.png' in str(w.message) for w in warned] == [True, False]
-    assert 'img0_b_truncated.png (OSError: image file is truncated)' in str(warned[1].message)
-    array, label = written[data.samples[junk + 2][0]]
-    assert index == junk + 2 and target == label and torch.equal(img, _chw(array))
-    assert data.num_skipped == 2
-    data[junk]  # the same files again: not counted twice
-    assert data.num_skipped == 2
-    with pytest.warns(UserWarning, match='img9_last.png'):
-        img, target, index = data[len(data) - 1]  # the last item wraps around to the first
-    assert index == 0 and data.num_skipped == 3
-
-
-def test_image_folder_errors(tmp_path):
-    with pytest.raises(UserError, match=f'image folder {tmp_path / "missing"} does not exist'):
-        dataset.ImageFolderInstance(tmp_path / 'missing')
-    os.makedirs(tmp_path / 'empty')
-    with pytest.raises(UserError, match=f'no images found under {tmp_path / "empty"}: expected class sub-folders'):
-        dataset.ImageFolderInstance(tmp_path / 'empty')
-    os.makedirs(tmp_path / 'no_images' / 'cat')
-    (tmp_path / 'no_images' / 'cat' / 'notes.txt').write_text('not an image')
-    with pytest.raises(UserError, match='no images found under .*no_images'):
-        dataset.ImageFolderInstance(tmp_path / 'no_images')
-
-
-# ------------------------------------------------------------------------------- ArrayImageDataset
-
-def test_array_image_dataset_serves_rgb_pil(tmp_path):
-    colour = _random_images(2, 5, 6, 3)
-    data = dataset.ArrayImageDataset(colour, np.array([1, -1]), ['a', 'b'], transform=TO_TENSOR)
-    assert data.targets == [1, -1] and data.classes == ['a', 'b'] and len(data) == 2
-    img, target, index = data[1]
-    assert torch.equal(img, _chw(colour[1])) and (target, index) == (-1, 1)
-    grey = colour[..., 0]  # N x H x W
-    img, _, _ = dataset.ArrayImageDataset(grey, [0, 0], ['a'], transform=TO_TENSOR)[0]
-    assert img.shape == (3, 5, 6) and all(torch.equal(img[c], torch.from_numpy(grey[0])) for c in range(3))
-    pair, _, _ = dataset.ArrayImageDataset(colour, [0, 0], ['a'], transform=TO_TENSOR, two_crop=True)[0]
-    assert torch.equal(pair, torch.cat([_chw(colour[0])] * 2))
-    with pytest.raises(UserError, match='must be uint8'):
-        dataset.ArrayImageDataset(colour.astype(np.float32), [0, 0], ['a'])
-    with pytest.raises(UserError, match='2 images but 3 labels'):
-        dataset.ArrayImageDataset(colour, [0, 0, 0], ['a'])
-
-
-# ---------------------------------------------------------------------------------- build_dataset
-
 def test_build_folder_datasets(tmp_path):
-    _write_folder(tmp_path / 'train')
-    _write_folder(tmp_path / 'val', per_class=1)
+    write_class_folder(tmp_path / 'train')
+    write_class_folder(tmp_path / 'val', per_class=1)
     for name in ('imagenet', 'imagenet100', 'folder'):
         for split, size in (('pretrain', 6), ('train', 6), ('val', 2)):
             data = dataset.build_dataset(name, str(tmp_path), split, TO_TENSOR, two_crop=False)
@@ -205,7 +46,7 @@ def _write_stl10(root, counts, seed=0):
     os.makedirs(folder)
     written = {}
     for offset, (prefix, count) in enumerate(counts.items()):
-        images = _random_images(count, 96, 96, seed + offset)
+        images = random_images(count, 96, 96, seed + offset)
         (folder / f'{prefix}_X.bin').write_bytes(images.transpose(0, 3, 2, 1).tobytes())
         labels = np.random.default_rng(seed + offset).integers(1, 11, size=count).astype(np.uint8)
         if prefix != 'unlabeled':
@@ -222,11 +63,11 @@ def test_build_stl10(tmp_path):
     assert pretrain.classes == dataset.STL10_CLASSES
     for index, expected in enumerate(list(train_images) + list(written['unlabeled'][0])):
         img, target, returned_index = pretrain[index]
-        assert returned_index == index and torch.equal(img, _chw(expected))
+        assert returned_index == index and torch.equal(img, chw(expected))
     (tmp_path / 'stl10_binary' / 'class_names.txt').write_text('\n'.join(f'c{i}' for i in range(10)) + '\n')
     val = dataset.build_dataset('stl10', tmp_path, 'val', TO_TENSOR)
     assert len(val) == 2 and val.targets == written['test'][1].tolist() and val.classes[9] == 'c9'
-    assert torch.equal(val[1][0], _chw(written['test'][0][1]))
+    assert torch.equal(val[1][0], chw(written['test'][0][1]))
     train = dataset.build_dataset('stl10', tmp_path, 'train', TO_TENSOR, two_crop=True)
     assert len(train) == 3 and train[2][0].shape == (6, 96, 96)
 
@@ -249,7 +90,7 @@ def _write_cifar10(root):
     os.makedirs(folder)
     written = {}
     for seed, name in enumerate([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']):
-        images = _random_images(2, 32, 32, seed)
+        images = random_images(2, 32, 32, seed)
         labels = [seed % 10, (seed + 3) % 10]
         entry = {'batch_label': name, 'labels': labels, 'data': images.transpose(0, 3, 1, 2).reshape(2, -1),
                  'filenames': ['a.png', 'b.png']}
@@ -286,9 +127,9 @@ def test_build_cifar10(tmp_path):
     assert train.targets == [label for i in range(1, 6) for label in written[f'data_batch_{i}'][1]]
     img, target, index = train[7]  # batch 4, second image
     images, labels = written['data_batch_4']
-    assert torch.equal(img, _chw(images[1])) and (target, index) == (labels[1], 7)
+    assert torch.equal(img, chw(images[1])) and (target, index) == (labels[1], 7)
     val = dataset.build_dataset('cifar10', tmp_path, 'val', TO_TENSOR, download=True)  # present: no fetch
-    assert len(val) == 2 and torch.equal(val[0][0], _chw(written['test_batch'][0][0]))
+    assert len(val) == 2 and torch.equal(val[0][0], chw(written['test_batch'][0][0]))
     os.remove(tmp_path / 'cifar-10-batches-py' / 'data_batch_3')
     with pytest.raises(UserError, match=r'CIFAR-10 files not found .*missing: data_batch_3\).*--download'):
         dataset.build_dataset('cifar10', tmp_path, 'train', TO_TENSOR)
@@ -304,7 +145,7 @@ def _write_fashion_mnist(root):
     os.makedirs(raw)
     written = {}
     for seed, prefix in enumerate(['train', 't10k']):
-        images = _random_images(3, 28, 28, seed)[..., 0]
+        images = random_images(3, 28, 28, seed)[..., 0]
         labels = np.array([seed, 9, 4], dtype=np.uint8)
         files = {f'{prefix}-images-idx3-ubyte': _idx_bytes(images), f'{prefix}-labels-idx1-ubyte': _idx_bytes(labels)}
         for name, content in files.items():
@@ -365,8 +206,8 @@ def test_real_fashion_mnist_files():
 
 
 def _write_demo(path):
-    content = {'train_images': _random_images(4, 64, 64, 5), 'train_labels': np.array([0, 1, 2, 1]),
-               'val_images': _random_images(2, 64, 64, 6), 'val_labels': np.array([2, 0]),
+    content = {'train_images': random_images(4, 64, 64, 5), 'train_labels': np.array([0, 1, 2, 1]),
+               'val_images': random_images(2, 64, 64, 6), 'val_labels': np.array([2, 0]),
                'classes': np.array(['smiley', 'animal', 'food']),
                'train_codes': np.array(['1F600', '1F436', '1F34E', '1F431']), 'val_codes': np.array(['1F355', '1F603'])}
     np.savez(path, **content)
@@ -380,7 +221,7 @@ def test_build_demo(tmp_path):
         assert len(train) == 4 and train.targets == [0, 1, 2, 1] and train.classes == ['smiley', 'animal', 'food']
         assert train.codes == ['1F600', '1F436', '1F34E', '1F431']
         img, target, index = train[3]
-        assert torch.equal(img, _chw(content['train_images'][3])) and (target, index) == (1, 3)
+        assert torch.equal(img, chw(content['train_images'][3])) and (target, index) == (1, 3)
     val = dataset.build_dataset('demo', tmp_path, 'val', dataset.moco_train_transform(32), two_crop=True)
     assert len(val) == 2 and val.targets == [2, 0] and val[0][0].shape == (6, 32, 32)
     with pytest.raises(UserError, match='demo data file .*elsewhere.npz not found'):

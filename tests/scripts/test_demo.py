@@ -6,8 +6,7 @@ import sys
 
 from engine import checkpoint
 from models import build_cmc_model, build_ins_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def test_demo_smoke(tmp_path):

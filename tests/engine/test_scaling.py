@@ -12,8 +12,8 @@ from torch import nn
 
 from engine import checkpoint
 from engine.runtime import Runtime, choose_parallel, unwrap
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import ddp_worker  # noqa: E402
 
