@@ -23,7 +23,7 @@ import torch
 
 from dataset import GRAYSCALE_DATASETS, cmc_train_transform
 from engine import flags
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError, run_main
 from engine.probe import ProbeSpec, run_linear_probe
 from engine.runtime import setup_runtime
@@ -72,8 +72,7 @@ def parse_option(argv=None):
 
 def main(argv=None):
     opt = parse_option(argv)
-    saved = load_checkpoint(opt.model_path).get('opt')
-    view_flags.checkpoint_views(opt, saved if isinstance(saved, dict) else {})
+    view_flags.checkpoint_views(opt, checkpoint_opt(opt.model_path))
     rt = setup_runtime(opt)
 
     probed = [opt.views.index(view) for view in opt.probe_views]

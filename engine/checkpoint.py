@@ -127,13 +127,15 @@ def _fsync_dir(folder):
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-def load_checkpoint(path, map_location='cpu'):
-    """Load a checkpoint without ever running pickled code (``weights_only=True``); ``opt`` comes back as a dict."""
+def load_checkpoint(path, map_location='cpu', mmap=False):
+    """Load a checkpoint without ever running pickled code (``weights_only=True``); ``opt`` comes back as a dict.
+    ``mmap``: map the tensors' storage instead of reading it (files of torch >= 1.6; older ones are read)."""
     if not path or not os.path.isfile(path):
         raise UserError(f'checkpoint {path!r} does not exist; check the path')
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            mmap = mmap and zipfile.is_zipfile(path)            # the reference's legacy files cannot be mapped
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         code = next((line for line in lines if 'GLOBAL' in line), None)   # a class or function the pickle would call
@@ -151,6 +153,13 @@ def load_checkpoint(path, map_location='cpu'):
     if isinstance(ckpt.get('opt'), argparse.Namespace):
         ckpt['opt'] = vars(ckpt['opt'])
     return ckpt
+
+
+def checkpoint_opt(path):
+    """A checkpoint's flags (``opt``, a dict; {} when it has none), its tensors mapped, not read: a pretraining
+    checkpoint with ImageNet memory banks is over a GB."""
+    opt = load_checkpoint(path, mmap=True).get('opt')
+    return opt if isinstance(opt, dict) else {}
 
 
 def checkpoint_section(ckpt, key, path):

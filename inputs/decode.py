@@ -40,8 +40,8 @@ def read_rgb(path):
     PIL reads the header first (the format, and its decompression-bomb check: `Image.MAX_IMAGE_PIXELS`, as the default
     loader applies it). JPEG then decodes with `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; the same pixels as
     ``Image.open(path).convert('RGB')`` on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale and CMYK files,
-    tests/inputs/test_decode.py) into a channels-last view of its H x W x 3 buffer: 0.4 ms less decode per 500 x 375 file,
-    ~0.6 ms less worker CPU per training item (bench/README.md). A JPEG that libjpeg-turbo refuses (truncated,
+    tests/inputs/test_decode.py) into a channels-last view of its H x W x 3 buffer: 0.4 ms less decode per 500 x 375
+    file, ~0.6 ms less worker CPU per training item (bench/README.md). A JPEG that libjpeg-turbo refuses (truncated,
     corrupt) and every other format go through PIL, so errors are PIL's (`DECODE_ERRORS`), as with torchvision's
     default loader. Unlike PIL, libjpeg-turbo prints its warnings about damaged but decodable files to stderr
     ("Corrupt JPEG data: N extraneous bytes before marker 0xd9"), once per decode.

@@ -8,7 +8,7 @@ any other view v is held under its name lowercased (``memory_s``, network ``s``)
 """
 import os
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError
 from views.loading import load_view_module, restore_view_module
 from views.registry import find_view, get_view, view_names
@@ -47,15 +47,14 @@ def resolve_views(opt):
 
 
 def load_views(opt, resume=None):
-    """Import ``--view_module`` (or, without it, the one the checkpoint ``resume`` was trained with, if that file
-    exists), record it in ``opt`` (``view_module`` as given, ``view_module_path`` absolute: the checkpoint keeps
-    both), then check the view names (``check_views``)."""
+    """Import ``--view_module`` (or, without it, when a view is not registered, the module the checkpoint ``resume``
+    was trained with, if that file exists), record it in ``opt`` (``view_module`` as given, ``view_module_path``
+    absolute: the checkpoint keeps both), then check the view names (``check_views``)."""
+    unknown = [view for view in opt.views if find_view(view) is None or find_view(view).kind == 'file']
     if opt.view_module:
         opt.view_module_path = load_view_module(opt.view_module)
-    elif resume and os.path.isfile(resume):
-        saved = load_checkpoint(resume).get('opt')
-        opt.view_module, opt.view_module_path = restore_view_module(saved if isinstance(saved, dict) else {}, None,
-                                                                    resume)
+    elif unknown and resume and os.path.isfile(resume):
+        opt.view_module, opt.view_module_path = restore_view_module(checkpoint_opt(resume), None, resume)
     else:
         opt.view_module_path = None
     check_views(opt.views, opt.dataset)

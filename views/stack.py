@@ -66,9 +66,10 @@ class ViewStack(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _computed(self, view, rgb):
-        """A computed view of the batch; on its first batch, what the user's function returned is checked (one host
-        sync, once)."""
-        out = view.fn(rgb)
+        """A computed view of the batch, in float32 also under autocast (as the colour views are); on its first batch,
+        what the user's function returned is checked (one host sync, once)."""
+        with torch.autocast(rgb.device.type, enabled=False):
+            out = view.fn(rgb)
         if view.name in self._unchecked:
             check_computed(view, rgb, out)
             self._unchecked.discard(view.name)

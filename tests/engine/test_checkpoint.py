@@ -159,3 +159,15 @@ def test_a_full_disk_under_the_tensorboard_log_is_one_clear_error_without_thread
     assert re.fullmatch(rf'could not write the TensorBoard log in {re.escape(str(tmp_path / "tb"))}: File too large '
                         r'\(\d+ MiB free there\); free some space or point --tb_path at a bigger disk, then resume '
                         r'with --resume auto\n', result.stdout), result.stdout
+
+
+@pytest.mark.parametrize('zipped', [True, False])
+def test_checkpoint_opt_reads_the_flags_of_new_and_legacy_files(tmp_path, zipped):
+    """The reference's files are torch's legacy (non-zip) format, which cannot be memory-mapped: read, not mapped."""
+    path = str(tmp_path / 'ckpt.pth')
+    torch.save({'opt': argparse.Namespace(views=['L', 'edges'], view_module='edges_view.py'),
+                'model': {'w': torch.arange(4.0)}}, path, _use_new_zipfile_serialization=zipped)
+    assert checkpoint.checkpoint_opt(path) == {'views': ['L', 'edges'], 'view_module': 'edges_view.py'}
+    assert checkpoint.load_checkpoint(path, mmap=True)['model']['w'].tolist() == [0.0, 1.0, 2.0, 3.0]
+    torch.save({'model': {}}, path)
+    assert checkpoint.checkpoint_opt(path) == {}

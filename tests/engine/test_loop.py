@@ -68,3 +68,22 @@ def test_the_first_non_finite_step_is_named_even_when_read_later(print_freq):
 def test_a_signal_stops_after_the_current_step_in_one_process():
     meters, steps = run([1.0] * 8, print_freq=5, stop_after=3)
     assert steps == 3 and meters['loss'].count == 6                   # read before stopping: 3 steps x batch 2
+
+
+class Echo(torch.nn.Module):
+    """A method that returns what the stepper handed it, as metrics."""
+
+    def forward(self, x, second):
+        loss = x.sum() * 0
+        return StepResult(loss=loss, metrics={'x': x, 'second': second})
+
+
+@pytest.mark.parametrize('targets', [False, True])
+def test_the_stepper_hands_the_view_of_the_images_and_the_indices_or_the_targets(targets):
+    batch = (torch.arange(6.0).view(2, 3), [4, 5], torch.tensor([7, 9]))     # images, targets, data-set indices
+    stepper = Stepper(Echo(), view=lambda x: x * 10, set_lr=lambda *a: None, targets=targets)
+    result = stepper(batch, torch.device('cpu'))
+    assert torch.equal(result.metrics['x'], torch.arange(6.0).view(2, 3) * 10)
+    assert result.metrics['second'].tolist() == ([4, 5] if targets else [7, 9])
+    assert stepper.train_modules == [stepper.method]
+    stepper.after_step()                                     # a method without after_step: nothing to do
