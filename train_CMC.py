@@ -91,7 +91,7 @@ def train_transform(opt):
 def build(opt, rt):
     """Everything a run needs but its folder: a namespace of loader, saved (Checkpointed), stepper, logged,
     ``train_view`` (the module that turns a loader batch into the encoders' input; tests hook it) and method."""
-    train_set = build_split(opt, 'pretrain', train_transform(opt))
+    train_set = build_split(opt, 'pretrain', train_transform(opt), say=rt.print)
     n_data = len(train_set)
     check_sizes(opt, n_data, nce_k=opt.nce_k if opt.objective == 'contrastive' else None)
     check_colour(train_set, opt.views, rt.print, flag=f'--view {opt.view}' if opt.view else None,

@@ -104,7 +104,7 @@ def main(argv=None):
     opt = parse_option(argv)
     rt = setup_runtime(opt)
     transform = moco_train_transform(opt.image_size, opt.crop, opt.aug, color_on_cpu=opt.color_on_cpu)
-    train_set = build_split(opt, 'pretrain', transform, two_crop=opt.moco)
+    train_set = build_split(opt, 'pretrain', transform, two_crop=opt.moco, say=rt.print)
     n_data = len(train_set)
     check_sizes(opt, n_data, nce_k=opt.nce_k)
     rt.print(f'number of samples: {n_data}')

@@ -44,17 +44,18 @@ def _remove_stale_temporaries(folder, path):
                 pass
 
 
-def save_checkpoint(state, path):
+def save_checkpoint(state, path, folder_flag='--model_path'):
     """Write ``state`` atomically: a temporary file in the same folder, flushed, fsynced, then renamed into place.
 
     A kill at any moment leaves either the old file or the new one, never a truncated one; the temporary file a
     killed write left behind is removed by the next save to the same path (one writer per path, as in a run).
-    A full disk ends as a UserError naming the file, with the temporary removed and the old file untouched.
+    A full disk ends as a UserError naming the file and the flag that chose its folder (``folder_flag``), with the
+    temporary removed and the old file untouched.
     """
-    _write_atomically(path, lambda f: torch.save(state, f))
+    _write_atomically(path, lambda f: torch.save(state, f), folder_flag)
 
 
-def _write_atomically(path, write):
+def _write_atomically(path, write, folder_flag):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     _remove_stale_temporaries(folder, path)
@@ -73,7 +74,7 @@ def _write_atomically(path, write):
         if no_room is None:
             raise
         raise UserError(f'could not write {path}: {no_room.strerror} ({free_mib(folder)} MiB free there); free '
-                        f'some space or point --model_path at a bigger disk, then resume with --resume auto '
+                        f'some space or point {folder_flag} at a bigger disk, then resume with --resume auto '
                         f'(the checkpoints already written are intact)') from None
     _fsync_dir(folder)
 
@@ -83,7 +84,7 @@ def free_mib(folder):
     return stat.f_bavail * stat.f_frsize // 2 ** 20
 
 
-def link_checkpoint(src, dst):
+def link_checkpoint(src, dst, folder_flag='--model_path'):
     """Make ``dst`` the same file as ``src`` (a hard link, put in place atomically), else a copy.
 
     A run's current.pth and its ckpt_epoch_N.pth of the same epoch hold the same bytes: linking them halves the
@@ -97,7 +98,7 @@ def link_checkpoint(src, dst):
         os.link(src, tmp)
     except OSError:                     # no hard links here (FAT, some network mounts): copy the bytes
         with open(src, 'rb') as source:
-            _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22))
+            _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22), folder_flag)
         return
     os.replace(tmp, dst)
     _fsync_dir(folder)
@@ -202,10 +203,11 @@ def check_folder_writable(path):
 
 
 class RunFolder:
-    """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``."""
+    """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``. ``flag``: the flag
+    that chose its parent folder (--model_path for pretraining, --save_path for the probes), for the messages."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, flag='--model_path'):
+        self.path, self.flag = path, flag
 
     def checkpoints(self):
         if not os.path.isdir(self.path):
@@ -261,7 +263,7 @@ class RunFolder:
         current = os.path.join(self.path, 'current.pth')
         if epoch % save_freq == 0 and state.get('resume_step', 0) == 0:
             kept = os.path.join(self.path, f'ckpt_epoch_{epoch}.pth')
-            save_checkpoint(state, kept)
-            link_checkpoint(kept, current)
+            save_checkpoint(state, kept, self.flag)
+            link_checkpoint(kept, current, self.flag)
         else:
-            save_checkpoint(state, current)
+            save_checkpoint(state, current, self.flag)

@@ -136,7 +136,7 @@ class Fit:
                    if any(name == 'nproc_per_node' for name, _, _ in refused) else '')
             raise UserError(f'cannot resume {path} with other values of flags that fix its state: '
                             f'{describe_changes(refused)}{why}; resume with the checkpoint\'s values, or start a new '
-                            f'run in another --model_path')
+                            f'run in another {self.run.flag}')
         if noted:
             self.rt.print(f'note: resuming with changed flags: {describe_changes(noted)}')
 
@@ -244,7 +244,7 @@ class Fit:
             self.tb.log_value(tag, value, epoch)
         self.saved.values.update(report.values)
         if report.save_copy:
-            self._save_everywhere(lambda: save_checkpoint(self.state(epoch, 0), report.save_copy))
+            self._save_everywhere(lambda: save_checkpoint(self.state(epoch, 0), report.save_copy, self.run.flag))
 
     def _save_everywhere(self, save):
         """Run ``save`` where this process writes checkpoints. A failure (a full disk) ends every process with its
@@ -276,7 +276,8 @@ class Fit:
         """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
         path = os.path.join(self.run.path, 'current.pth')
         rngs = self.rng_states()
-        self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path))
+        self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path,
+                                                      self.run.flag))
         self.tb.close()
         argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
         while rest:

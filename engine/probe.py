@@ -195,7 +195,7 @@ def run_linear_probe(opt, rt, spec, argv):
 
     Returns the checkpointed values: best_acc1, best_acc5, last_acc1, last_acc5 (percent).
     """
-    run = RunFolder(os.path.join(opt.save_path, opt.model_name))
+    run = RunFolder(os.path.join(opt.save_path, opt.model_name), flag='--save_path')
     frozen = FrozenEncoder(spec, opt, rt)
     train_set, val_set = spec.splits()
     n_label = len(train_set.classes)

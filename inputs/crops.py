@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from inputs.decode import to_rgb
+
 
 # Agreement of a draft (reduced-scale) decode with a full decode of the same box, per crop, in uint8 levels: the bounds
 # tests/inputs/test_crops.py asserts. Measured on scikit-image photographs saved as JPEG quality 90 at 500 x 375, 200
@@ -90,7 +92,7 @@ def decode_crop(image, box, size, flip=False, use_draft=True):
             if drafted is not None:
                 scale = full_width / drafted[1][2]  # PIL reports the reduced extent of the full image
     if image.mode != 'RGB':
-        image = image.convert('RGB')
+        image = to_rgb(image)
     crop = _crop_resize(image, (left / scale, top / scale, (left + width) / scale, (top + height) / scale),
                         (out_w, out_h))
     if flip:
@@ -155,7 +157,7 @@ def _pixels(image):
                              f"{tuple(image.shape)}")
         return image[None]
     if image.mode not in ('RGB', 'L'):
-        image = image.convert('RGB')
+        image = to_rgb(image)
     array = np.asarray(image)       # read-only: only read below (interpolate writes a new tensor)
     if array.ndim == 2:
         array = array[:, :, None]

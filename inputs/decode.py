@@ -1,15 +1,16 @@
 """Reading image files on the CPU workers (`read_rgb`, `image_loader`): the ImageFolder loader for transforms that
 take tensors decodes JPEG files with torchvision's libjpeg-turbo (`torchvision.io.decode_jpeg`) straight into a uint8
 tensor: the same pixels as PIL's decode + convert('RGB'), without PIL's two copies (convert, then the numpy view of the
-bytes). Other transforms get torchvision's PIL loader; `lazy_loader` leaves JPEG undecoded for draft decoding
-(`inputs.crops`). `DECODE_ERRORS`: what a broken file raises, in one place.
+bytes). Other transforms get PIL RGB images (`read_pil_rgb`); `lazy_loader` leaves JPEG undecoded for draft decoding
+(`inputs.crops`). Images of more than 8 bits per channel (16-bit PNGs from depth sensors and microscopes) are scaled to
+8 bits, never clipped, by every reader (`eight_bit`). `DECODE_ERRORS`: what a broken file raises, in one place.
 """
 import io
 import warnings
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import default_loader
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -33,6 +34,44 @@ def lazy_loader(path):
 # What reading a broken, unreadable or oversized image file raises (PIL's errors, also through `read_rgb`).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def eight_bit(image):
+    """A PIL image of more than 8 bits per channel as an 8-bit grayscale ('L') image, scaled, never clipped (PIL's
+    own ``convert`` clips everything above 255): 16-bit values (modes I;16*, and I when its values fit in 16 bits, as
+    Pillow opens some 16-bit PNGs) become x / 257, rounded (65535 -> 255); float values (mode F) in [0, 1] become
+    x * 255, in [0, 255] stay as they are. Every other mode is returned as it is (16-bit RGB PNGs Pillow already reads
+    as 8-bit RGB). A float or 32-bit image outside those ranges has no 8-bit scale: ValueError (a ``DECODE_ERRORS``,
+    so the loader names the file)."""
+    if image.mode not in SIXTEEN_BIT_MODES + ('I', 'F'):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == 'F':
+        if not 0 <= low <= high <= 255:
+            raise ValueError(f'a float image (mode F) with values in [{low:g}, {high:g}]: no 8-bit scale fits it; '
+                             f'save it with values in [0, 1] or [0, 255], or as an 8- or 16-bit image')
+        scaled = pixels * 255 if high <= 1 else pixels
+    else:
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(f'a 32-bit integer image (mode {image.mode}) with values in [{low:g}, {high:g}]: no '
+                             f'8-bit scale fits it; save it as an 8- or 16-bit image')
+        scaled = pixels / 257.0
+    return Image.fromarray(scaled.round().astype(np.uint8), mode='L')
+
+
+def to_rgb(image):
+    """A decoded PIL image as 8-bit RGB (``eight_bit`` first: high bit depths are scaled, not clipped)."""
+    return eight_bit(image).convert('RGB')
+
+
+def read_pil_rgb(path):
+    """The image file at path as an 8-bit PIL RGB image: torchvision's default loader, with high bit depths scaled
+    (``eight_bit``) instead of clipped."""
+    with open(path, 'rb') as handle:
+        return to_rgb(Image.open(handle))
+
 
 def read_rgb(path):
     """The image file at path as RGB: a uint8 3 x H x W tensor for JPEG files, else a PIL RGB image.
@@ -54,13 +93,13 @@ def read_rgb(path):
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except (RuntimeError, Warning):  # refused, or torchvision's deprecation notice made an error (-W error)
             pass
-    return image.convert('RGB')
+    return to_rgb(image)
 
 
 def image_loader(transform):
     """The ImageFolder loader for a transform: `read_rgb` when it takes tensors (``transform.accepts_tensors``), else
-    torchvision's default PIL loader."""
-    return read_rgb if getattr(transform, 'accepts_tensors', False) else default_loader
+    `read_pil_rgb` (PIL images)."""
+    return read_rgb if getattr(transform, 'accepts_tensors', False) else read_pil_rgb
 
 
-__all__ = ['read_rgb', 'image_loader', 'lazy_loader', 'DECODE_ERRORS']
+__all__ = ['read_rgb', 'read_pil_rgb', 'to_rgb', 'eight_bit', 'image_loader', 'lazy_loader', 'DECODE_ERRORS']

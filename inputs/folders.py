@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 
 from engine.errors import UserError
-from inputs.decode import DECODE_ERRORS, image_loader
+from inputs.decode import DECODE_ERRORS, image_loader, read_pil_rgb
 
 
 def _instance_item(image, target, index, transform, target_transform, two_crop):
@@ -28,6 +28,17 @@ def _check_two_crop(transform, two_crop):
     """two_crop concatenates tensors, so it needs a transform that makes them."""
     if two_crop and transform is None:
         raise UserError("two_crop needs a transform that returns tensors (the two crops are concatenated on channels)")
+
+
+def is_hidden(name):
+    """Hidden entries (names starting with '.': .ipynb_checkpoints, .DS_Store, macOS's AppleDouble ._name.jpg files)
+    are neither classes nor images."""
+    return name.startswith('.')
+
+
+def visible(names):
+    """The names that are not hidden, sorted."""
+    return sorted(name for name in names if not is_hidden(name))
 
 
 def class_map(own, reference, where):
@@ -56,7 +67,8 @@ class ImageFolderInstance(datasets.ImageFolder):
     Those counters live in the process that read the item: with DataLoader workers the parent's
     copy stays 0 (each worker warns once per skipped file instead). A transform that takes tensors
     (``accepts_tensors``: `inputs.crops.FastRandomResizedCrop`) gets JPEG files as uint8 tensors
-    (`inputs.decode.read_rgb`, the same pixels), every other transform PIL RGB images.
+    (`inputs.decode.read_rgb`, the same pixels), every other transform PIL RGB images. Hidden entries (``is_hidden``)
+    are neither classes nor images: ``hidden_entries`` lists those that would have been (folders, image files).
     """
 
     def __init__(self, root, transform=None, target_transform=None, two_crop=False, skip_bad_images=False):
@@ -64,16 +76,54 @@ class ImageFolderInstance(datasets.ImageFolder):
         if not os.path.isdir(root):
             raise UserError(f"image folder {root} does not exist: expected class sub-folders with .jpg/.png files")
         _check_two_crop(transform, two_crop)
+        self.hidden_entries = []
         try:
             super().__init__(root, transform=transform, target_transform=target_transform,
-                             loader=image_loader(transform))
-        except FileNotFoundError as error:
-            detail = str(error).splitlines()[0] if str(error) else ''
-            raise UserError(f"no images found under {root}: expected class sub-folders with .jpg/.png files"
-                            f" ({detail})") from None
+                             loader=image_loader(transform), is_valid_file=self._is_image)
+        except FileNotFoundError:
+            raise UserError(self._no_images(root)) from None
         self.two_crop = two_crop
         self.skip_bad_images = skip_bad_images
         self.skipped_files = set()
+
+    def find_classes(self, directory):
+        """The class folders, hidden ones aside (torchvision's ``find_classes`` takes every folder)."""
+        classes = []
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.is_dir():
+                (self.hidden_entries if is_hidden(entry.name) else classes).append(
+                    entry.path if is_hidden(entry.name) else entry.name)
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def _is_image(self, path):
+        """An image file (torchvision's extensions), not hidden and in no hidden folder below its class folder."""
+        if not path.lower().endswith(datasets.folder.IMG_EXTENSIONS):
+            return False
+        hidden = any(is_hidden(part) for part in os.path.relpath(path, self.root).split(os.sep)[1:])
+        if hidden:
+            self.hidden_entries.append(path)
+        return not hidden
+
+    def _no_images(self, root):
+        """The one line for torchvision's FileNotFoundError: no class folder at all, or class folders without images
+        (named, beside how many classes have some)."""
+        try:
+            classes, _ = self.find_classes(root)
+        except FileNotFoundError:
+            return f"no images found under {root}: expected class sub-folders with .jpg/.png files (it has none)"
+        empty = [name for name in classes if not any(
+            self._is_image(os.path.join(folder, file)) for folder, _, files in os.walk(os.path.join(root, name),
+                                                                                     followlinks=True) for file in files)]
+        shown = ', '.join(empty[:5]) + (f' and {len(empty) - 5} more' if len(empty) > 5 else '')
+        if len(empty) == len(classes):
+            return (f"no images found under {root}: its class folders ({shown}) hold no .jpg, .jpeg, .png, .bmp or "
+                    f".webp files")
+        return (f"class folder{'s' if len(empty) > 1 else ''} {shown} under {root} hold{'' if len(empty) > 1 else 's'} "
+                f"no images (.jpg, .jpeg, .png, .bmp, .webp, ...) while the other {len(classes) - len(empty)} "
+                f"hold some; add images to {'them' if len(empty) > 1 else 'it'}, or remove "
+                f"{'them' if len(empty) > 1 else 'it'}")
 
     @property
     def num_skipped(self):
@@ -100,7 +150,7 @@ class ImageFolderInstance(datasets.ImageFolder):
 
     def image(self, index):
         """The untransformed RGB image of item ``index`` (PIL), as decoded from its file."""
-        return datasets.folder.default_loader(self.samples[index][0])
+        return read_pil_rgb(self.samples[index][0])
 
     def relabel(self, classes):
         """Number this set's classes as ``classes`` (another split's list, matched by name); see ``class_map``."""

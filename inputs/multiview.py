@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from engine.errors import UserError
-from inputs.decode import DECODE_ERRORS
-from inputs.folders import class_map
+from inputs.decode import DECODE_ERRORS, eight_bit, to_rgb
+from inputs.folders import class_map, is_hidden, visible
 from views.registry import RGB_FOLDER, find_view, register_file_view
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
@@ -38,27 +38,31 @@ def view_folders(views):
     return ([RGB_FOLDER] if from_rgb else []) + [view for view in views if view not in from_rgb]
 
 
-def _scan(folder):
-    """{'<class>/<stem>': path} of the image files under folder/<class>/."""
+def _scan(folder, hidden):
+    """{'<class>/<stem>': path} of the image files under folder/<class>/; hidden class folders and image files (names
+    starting with '.') are left out and appended to ``hidden``."""
     found = {}
     for class_name in sorted(os.listdir(folder)):
         class_dir = os.path.join(folder, class_name)
         if not os.path.isdir(class_dir):
             continue
+        if is_hidden(class_name):
+            hidden.append(class_dir)
+            continue
         for name in sorted(os.listdir(class_dir)):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in EXTENSIONS:
+            if ext.lower() not in EXTENSIONS:
+                continue
+            if is_hidden(name):
+                hidden.append(os.path.join(class_dir, name))
+            else:
                 found[f'{class_name}/{stem}'] = os.path.join(class_dir, name)
     return found
 
 
-def _as_array(image, path):
-    """A decoded view image -> H x W x C uint8 (C = 1 or 3)."""
-    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        pixels = np.asarray(image, dtype=np.float64) / 257.0           # 16 bits -> 8 bits
-        return pixels.round().clip(0, 255).astype(np.uint8)[..., None]
-    if image.mode == 'F':
-        return np.asarray(image).round().clip(0, 255).astype(np.uint8)[..., None]
+def _as_array(image):
+    """A decoded view image -> H x W x C uint8 (C = 1 or 3); high bit depths scaled to 8 bits (``eight_bit``)."""
+    image = eight_bit(image)
     if image.mode in ('L', 'P', '1'):
         return np.asarray(image.convert('L') if image.mode == '1' else image, dtype=np.uint8)[..., None]
     if image.mode == 'LA':
@@ -92,13 +96,14 @@ class MultiviewFolder(Dataset):
         absent = [f for f in self.folders if not os.path.isdir(os.path.join(root, f))]
         if absent:
             raise UserError(f"{root} has no view folder{'s' if len(absent) > 1 else ''} {', '.join(absent)} (views "
-                            f"{' '.join(self.views)}; it has {', '.join(sorted(os.listdir(root))) or 'nothing'})")
+                            f"{' '.join(self.views)}; it has {', '.join(visible(os.listdir(root))) or 'nothing'})")
         clashing = [view for view in self.views if view not in self.folders and view in os.listdir(root)]
         if clashing:
             found = find_view(clashing[0])
             raise UserError(f'{root} has a view folder {clashing[0]!r}, but {clashing[0]!r} is also a registered '
                             f'{found.kind} view ({found.source}); rename the folder or the view')
-        files = {folder: _scan(os.path.join(root, folder)) for folder in self.folders}
+        self.hidden_entries = []
+        files = {folder: _scan(os.path.join(root, folder), self.hidden_entries) for folder in self.folders}
         self.keys = sorted(set().union(*files.values()))
         if not self.keys:
             raise UserError(f'no images found under {root}/<view>/<class>/')
@@ -125,7 +130,7 @@ class MultiviewFolder(Dataset):
         for path in self.paths[index]:
             try:
                 with Image.open(path) as image:
-                    arrays.append(_as_array(image, path))
+                    arrays.append(_as_array(image))
             except DECODE_ERRORS as error:
                 raise UserError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
         if len({a.shape[:2] for a in arrays}) > 1:
@@ -137,7 +142,7 @@ class MultiviewFolder(Dataset):
     def image(self, index):
         """The instance's RGB image (PIL; the first view folder's, as RGB, when there is no rgb folder)."""
         with Image.open(self.paths[index][0]) as image:
-            return image.convert('RGB')
+            return to_rgb(image)
 
     def relabel(self, classes):
         """Number this set's classes as ``classes`` (another split's list, matched by name)."""

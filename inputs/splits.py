@@ -1,5 +1,7 @@
 """The data of a run, from its flags: each split (``build_split``), the val split's labels numbered as train's
 (``align_classes``), the colour a view needs (``check_colour``), and the splits of the kNN monitor and the probes."""
+import os
+
 import numpy as np
 
 from engine.data import check_sizes
@@ -10,11 +12,17 @@ from inputs.transforms import eval_transform
 from views.registry import find_view
 
 
-def build_split(opt, split, transform, two_crop=False):
-    """``inputs.build.build_dataset`` for this run's flags."""
-    return build_dataset(opt.dataset, opt.data_folder, split, transform, two_crop=two_crop,
-                         download=opt.download, skip_bad_images=opt.skip_bad_images,
-                         views=getattr(opt, 'views', None))    # multiview_folder reads these views' folders
+def build_split(opt, split, transform, two_crop=False, say=None):
+    """``inputs.build.build_dataset`` for this run's flags. ``say``: where to note the hidden entries the folder held
+    (a run reads one folder more than once: it says so where it first reads it)."""
+    data = build_dataset(opt.dataset, opt.data_folder, split, transform, two_crop=two_crop, download=opt.download,
+                         skip_bad_images=opt.skip_bad_images, views=getattr(opt, 'views', None))
+    hidden = getattr(data, 'hidden_entries', None)
+    if say is not None and hidden:
+        names = sorted({os.path.basename(path) for path in hidden})
+        say(f'note: skipped {len(hidden)} hidden entr{"y" if len(hidden) == 1 else "ies"} under {data.root} (names '
+            f'starting with ".": {", ".join(names[:3])}{", ..." if len(names) > 3 else ""}): neither classes nor images')
+    return data
 
 
 def align_classes(train_set, val_set, say):
@@ -69,8 +77,8 @@ def eval_splits(opt, say):
     what the kNN monitor compares. None when there is no labelled val split (a MissingSplit); any other fault is a
     UserError."""
     try:
-        train_set = build_split(opt, 'train', eval_transform(opt.image_size))
-        val_set = build_split(opt, 'val', eval_transform(opt.image_size))
+        train_set = build_split(opt, 'train', eval_transform(opt.image_size))     # the run's pretrain split said so
+        val_set = build_split(opt, 'val', eval_transform(opt.image_size), say=say)
     except MissingSplit:
         return None
     align_classes(train_set, val_set, say)
@@ -81,8 +89,9 @@ def probe_splits(opt, say, train_transform, colour_views=None):
     """The linear probe's (train, val) splits: train at ``train_transform`` (or, with --cache_features, at the
     evaluation crop: the features are computed once), val at the evaluation crop, labels numbered as train's, sizes
     checked against the flags; ``colour_views``: the views whose colour grayscale data would lack (CMC's)."""
-    train_set = build_split(opt, 'train', eval_transform(opt.image_size) if opt.cache_features else train_transform)
-    val_set = build_split(opt, 'val', eval_transform(opt.image_size))
+    train_set = build_split(opt, 'train', eval_transform(opt.image_size) if opt.cache_features else train_transform,
+                            say=say)
+    val_set = build_split(opt, 'val', eval_transform(opt.image_size), say=say)
     align_classes(train_set, val_set, say)
     check_sizes(opt, len(train_set))
     if colour_views:

@@ -124,7 +124,7 @@ def test_a_full_disk_is_one_clear_error_and_the_old_checkpoint_survives(tmp_path
         from engine import checkpoint, errors
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 ** 20, 2 ** 20))
         try:
-            checkpoint.save_checkpoint({{'w': torch.zeros(2 ** 20)}}, {str(path)!r})
+            checkpoint.save_checkpoint({{'w': torch.zeros(2 ** 20)}}, {str(path)!r}, '--save_path')
         except errors.UserError as e:
             print(e)
             sys.exit(3)
@@ -132,7 +132,8 @@ def test_a_full_disk_is_one_clear_error_and_the_old_checkpoint_survives(tmp_path
     result = subprocess.run([sys.executable, '-c', child], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3, result.stderr
     assert re.fullmatch(rf'could not write {re.escape(str(path))}: File too large \(\d+ MiB free there\); free '
-                        r'some space .* --resume auto \(the checkpoints already written are intact\)\n',
+                        r'some space or point --save_path at a bigger disk, then resume with --resume auto \(the '
+                        r'checkpoints already written are intact\)\n',
                         result.stdout), result.stdout
     assert os.listdir(tmp_path) == ['current.pth'] and path.read_bytes() == before
 

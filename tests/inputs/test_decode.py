@@ -8,6 +8,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
+from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from inputs import decode
@@ -123,7 +124,7 @@ def test_image_folder_picks_the_loader_by_transform_and_items_agree(tmp_path):
     root = make_folder(tmp_path)
     fast = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2))
     pil = dataset.build_dataset('folder', root, 'train', dataset.cmc_train_transform(64, 0.2, fast=False))
-    assert fast.loader is decode.read_rgb and pil.loader is default_loader
+    assert fast.loader is decode.read_rgb and pil.loader is decode.read_pil_rgb
     assert isinstance(fast.image(0), Image.Image)  # image() stays a PIL image for every transform
     reference = dataset.ImageFolderInstance(os.path.join(root, 'train'), transform=dataset.cmc_train_transform(64, 0.2))
     reference.loader = default_loader  # the same transform fed PIL images: a second path to the same crops
@@ -155,3 +156,85 @@ def test_skip_bad_images_with_the_tensor_loader(tmp_path):
         image, target, index = lenient[1]
     assert (index, target, lenient.num_skipped) == (2, 0, 1)
     assert torch.equal(image, expected[0])  # the next item's crop, read through read_rgb
+
+
+def png16_rgb(path, rgb):
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow writes none): rgb is H x W x 3 uint16."""
+    import struct
+    import zlib
+    height, width, _ = rgb.shape
+    raw = b''.join(b'\x00' + rgb[y].astype('>u2').tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    header = struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0)
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+
+GRADIENT = np.linspace(0, 65535, 4 * 300).round().astype(np.uint16).reshape(4, 300)    # 16 bits, 0 .. 65535
+
+
+@pytest.mark.parametrize('mode, ext', [('I;16', 'png'), ('I', 'tif')])
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, mode, ext):
+    """A depth sensor's or a microscope's 16-bit PNG: x / 257 rounded (65535 -> 255), where PIL's convert clips every
+    value above 255 to white (the old loader: a binary mask). Mode I (32-bit) holding 16-bit values alike."""
+    path = str(tmp_path / f'depth.{ext}')
+    Image.fromarray(GRADIENT).convert(mode).save(path)
+    assert Image.open(path).mode == mode
+    expected = np.repeat(np.round(GRADIENT / 257.0).astype(np.uint8)[..., None], 3, axis=2)      # H x W x 3
+    assert (np.asarray(default_loader(path)) == 255).mean() > 0.99           # what clipping gave
+    for read in (decode.read_pil_rgb, decode.read_rgb):
+        image = read(path)
+        assert image.mode == 'RGB' and np.array_equal(np.asarray(image), expected)
+    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) == 256     # every level
+
+
+def test_16_bit_images_reach_every_data_set_scaled(tmp_path):
+    for split in ('train', 'val'):
+        for view in ('rgb', 'depth'):
+            os.makedirs(tmp_path / split / view / 'c0')
+            image = Image.fromarray(GRADIENT[:, :4]) if view == 'depth' else Image.new('RGB', (4, 4), (9, 9, 9))
+            image.save(tmp_path / split / view / 'c0' / 'a.png')
+    eight = np.round(GRADIENT[:, :4] / 257.0).astype(np.uint8)
+    folder = dataset.ImageFolderInstance(tmp_path / 'train' / 'depth', transform=transforms.PILToTensor())
+    assert torch.equal(folder[0][0], torch.from_numpy(np.stack([eight] * 3)))
+    assert np.array_equal(np.asarray(folder.image(0))[..., 0], eight)        # what the colour check looks at
+    multiview = dataset.build_dataset('multiview_folder', str(tmp_path), 'train', None, views=['L', 'depth'])
+    assert torch.equal(multiview[0][0][3], torch.from_numpy(eight))
+
+
+def test_16_bit_rgb_pngs_are_read_by_their_high_byte(tmp_path):
+    rgb = (np.arange(6 * 7 * 3).reshape(6, 7, 3) * 523).astype(np.uint16)
+    png16_rgb(tmp_path / 'rgb16.png', rgb)
+    ours = np.asarray(decode.read_pil_rgb(str(tmp_path / 'rgb16.png'))).astype(int)
+    assert np.array_equal(ours, rgb >> 8) and np.abs(ours - np.round(rgb / 257.0)).max() <= 1
+
+
+@pytest.mark.parametrize('values, expected', [((0.0, 0.5, 1.0), (0, 128, 255)), ((0.0, 100.4, 255.0), (0, 100, 255))])
+def test_float_images_in_0_1_or_0_255_are_scaled(tmp_path, values, expected):
+    path = str(tmp_path / 'f.tif')
+    Image.fromarray(np.array([values], dtype=np.float32), mode='F').save(path)
+    assert np.asarray(decode.read_pil_rgb(path))[0, :, 0].tolist() == list(expected)
+
+
+def test_float_images_out_of_range_are_named_not_clipped(tmp_path):
+    os.makedirs(tmp_path / 'train' / 'c0')
+    path = str(tmp_path / 'train' / 'c0' / 'f.tif')
+    Image.fromarray(np.array([[0.0, 1000.0]], dtype=np.float32), mode='F').save(path)
+    data = dataset.ImageFolderInstance(tmp_path / 'train', transform=transforms.PILToTensor())
+    with pytest.raises(UserError, match=rf'cannot decode image {path} \(ValueError: a float image \(mode F\) with '
+                                        r'values in \[0, 1000\]: no 8-bit scale fits it'):
+        data[0]
+
+
+def test_read_pil_rgb_is_torchvisions_loader_on_8_bit_images(tmp_path):
+    rng = np.random.RandomState(0)
+    pixels = rng.randint(0, 256, (9, 11, 3)).astype(np.uint8)
+    images = {'rgb.png': Image.fromarray(pixels), 'l.png': Image.fromarray(pixels[..., 0]),
+              'p.png': Image.fromarray(pixels).convert('P'), 'rgba.png': Image.fromarray(pixels).convert('RGBA'),
+              'la.png': Image.fromarray(pixels).convert('LA'), 'cmyk.jpg': Image.fromarray(pixels).convert('CMYK')}
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        assert np.array_equal(np.asarray(decode.read_pil_rgb(str(tmp_path / name))),
+                              np.asarray(default_loader(str(tmp_path / name)))), name

@@ -301,8 +301,10 @@ def test_an_empty_val_class_folder_is_an_error_not_a_silent_monitor_off(tmp_path
     data = val_same_as_train(tmp_path / 'data')
     for path in glob.glob(os.path.join(data, 'val', 'class_3', '*')):
         os.remove(path)
-    with pytest.raises(UserError, match='no images found under'):
+    with pytest.raises(UserError) as error:       # named as the one empty folder, not as "no images found"
         train_CMC.main(cmc(tmp_path, data, '--seed', '0'))
+    assert str(error.value) == (f'class folder class_3 under {data}/val holds no images (.jpg, .jpeg, .png, .bmp, '
+                                f'.webp, ...) while the other 3 hold some; add images to it, or remove it')
 
 
 def test_class_names_that_differ_in_case_are_named(tmp_path, random_encoder):
@@ -319,6 +321,36 @@ def test_a_probe_resume_with_other_probe_views_is_refused(tmp_path, image_folder
     (ckpt,) = glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))
     LinearProbing.main(probe(tmp_path, image_folder, ckpt, '--epochs', '1', '--probe_views', 'L'))
     (current,) = glob.glob(str(tmp_path / 'probe' / '*' / 'current.pth'))
-    with pytest.raises(UserError, match=r"--probe_views \['ab'\] \(checkpoint: \['L'\]\)"):
+    with pytest.raises(UserError, match=r"--probe_views \['ab'\] \(checkpoint: \['L'\]\)") as error:
         LinearProbing.main(probe(tmp_path, image_folder, ckpt, '--epochs', '2', '--probe_views', 'ab',
                                  '--resume', current))
+    assert str(error.value).endswith('start a new run in another --save_path')    # the probes' folder flag
+
+
+# --------------------------------------------------------------------------- hidden entries (issue 22)
+
+def add_hidden_entries(root):
+    """What Jupyter and macOS leave behind: a .ipynb_checkpoints folder holding an image (a would-be class), an
+    AppleDouble ._<name>.png beside each class's first image (not a PNG at all), a .DS_Store file."""
+    for split in ('train', 'val'):
+        os.makedirs(os.path.join(root, split, '.ipynb_checkpoints'))
+        Image.new('RGB', (72, 72), (1, 2, 3)).save(os.path.join(root, split, '.ipynb_checkpoints', 'x.png'))
+        for folder in glob.glob(os.path.join(root, split, 'class_*')):
+            with open(os.path.join(folder, '._0.png'), 'wb') as f:
+                f.write(b'\x00\x05\x16\x07 AppleDouble resource fork, not an image')
+        with open(os.path.join(root, split, '.DS_Store'), 'wb') as f:
+            f.write(b'Bud1')
+    return root
+
+
+def test_hidden_entries_are_neither_classes_nor_images_and_are_said_once(tmp_path, capsys):
+    data = add_hidden_entries(val_same_as_train(tmp_path / 'data'))
+    train_CMC.main(cmc(tmp_path, data, '--seed', '0'))
+    out = capsys.readouterr().out
+    for split in ('train', 'val'):
+        line = f'note: skipped 5 hidden entries under {data}/{split} (names starting with ".": ._0.png, '\
+               f'.ipynb_checkpoints): neither classes nor images'
+        assert out.count(line) == 1, out
+    ckpt = checkpoint.load_checkpoint(glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))[0])
+    assert ckpt['contrast']['memory_l'].shape[0] == 24            # 4 classes x 6 images, nothing hidden among them
+    assert 'kNN (k=200, t=0.07) top-1 on val' in out               # val's hidden folder is no 5th class either

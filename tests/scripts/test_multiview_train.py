@@ -199,3 +199,16 @@ def test_findings_scripts_smoke(tmp_path, image_folder):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_multiview_folder_skips_hidden_entries(tmp_path):
+    data = make_multiview_folder(tmp_path / 'nyu')
+    for view in ('rgb', 'depth'):
+        os.makedirs(os.path.join(data, 'train', view, '.ipynb_checkpoints'))
+        Image.new('RGB', (72, 72)).save(os.path.join(data, 'train', view, '.ipynb_checkpoints', '0.png'))
+        Image.new('RGB', (72, 72)).save(os.path.join(data, 'train', view, 'c0', '._0.png'))
+    os.makedirs(os.path.join(data, 'train', '.DS_Store_folder'))
+    dataset = build_dataset('multiview_folder', data, 'train', None, views=['L', 'depth'])
+    assert len(dataset) == 12 and dataset.classes == ['c0', 'c1', 'c2']     # as without them
+    assert sorted(os.path.relpath(p, os.path.join(data, 'train')) for p in dataset.hidden_entries) == [
+        'depth/.ipynb_checkpoints', 'depth/c0/._0.png', 'rgb/.ipynb_checkpoints', 'rgb/c0/._0.png']
