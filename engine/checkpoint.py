@@ -10,6 +10,7 @@ import zipfile
 import torch
 
 from engine.errors import UserError
+from engine.lock import lock_folder
 from engine.runtime import unwrap
 
 
@@ -202,12 +203,60 @@ def check_folder_writable(path):
         raise UserError(f'cannot write to {path}: no write permission on {existing}; choose another path')
 
 
+def make_folders(path):
+    """Create ``path``; returns the folders this made, deepest first (the run's, and parents such as --model_path)."""
+    made, folder = [], os.path.abspath(path)
+    while not os.path.isdir(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(path, exist_ok=True)
+    return made
+
+
+def remove_if_empty(made):
+    """Remove the folders ``make_folders`` made, deepest first, while they hold nothing (a file, a checkpoint above
+    all, keeps its folder and every folder above it)."""
+    for folder in made:
+        try:
+            os.rmdir(folder)               # fails, leaving everything, unless the folder is empty
+        except OSError:
+            return
+
+
 class RunFolder:
-    """A run's checkpoint folder: refuses to clobber an existing run, resolves ``--resume auto``. ``flag``: the flag
-    that chose its parent folder (--model_path for pretraining, --save_path for the probes), for the messages."""
+    """A run's checkpoint folder: one run at a time (``open`` locks it), refuses to clobber an existing run, resolves
+    ``--resume auto``. ``flag``: the flag that chose its parent folder (--model_path for pretraining, --save_path for
+    the probes), for the messages."""
 
     def __init__(self, path, flag='--model_path'):
         self.path, self.flag = path, flag
+        self.made, self.locks = [], []          # the folders open() made (one chain per folder), the locks it holds
+
+    def open(self, opt, also=()):
+        """Make the run folder (and the folders ``also``: TensorBoard's) and lock each for this process, then return
+        the checkpoint to resume from (or None, ``prepare``). Another run holding one of them, or any other refusal,
+        is a UserError; the folders this made are then removed again and the locks released."""
+        try:
+            for folder in dict.fromkeys(os.path.abspath(f) for f in (self.path, *also)):
+                check_folder_writable(folder)
+                self.made.append(make_folders(folder))
+                what = 'run folder' if folder == os.path.abspath(self.path) else 'TensorBoard folder'
+                self.locks.append(lock_folder(folder, what))
+            return self.prepare(opt, also)
+        except BaseException:
+            self.close(remove_empty=True)
+            raise
+
+    def close(self, remove_empty=False):
+        """Release the locks; with ``remove_empty`` (a run that failed before its first save) also remove the folders
+        ``open`` made while they hold nothing."""
+        for fd in self.locks:
+            os.close(fd)
+        self.locks = []
+        if remove_empty:
+            for chain in self.made:
+                remove_if_empty(chain)
+        self.made = []
 
     def checkpoints(self):
         if not os.path.isdir(self.path):
@@ -238,25 +287,6 @@ class RunFolder:
             raise UserError(f'{self.path} already holds checkpoints ({", ".join(self.checkpoints()[:3])}); '
                             f'pass --resume auto to continue that run, or --overwrite to start over')
         return resume or None
-
-    def make(self):
-        """Create the run folder; returns the folders this made (the run's, and parents such as --model_path)."""
-        made, folder = [], os.path.abspath(self.path)
-        while not os.path.isdir(folder):
-            made.append(folder)
-            folder = os.path.dirname(folder)
-        os.makedirs(self.path, exist_ok=True)
-        return made
-
-    @staticmethod
-    def remove_if_empty(made):
-        """Remove the folders ``make`` made, deepest first, while they hold nothing (a file, a checkpoint above all,
-        keeps its folder and every folder above it)."""
-        for folder in made:
-            try:
-                os.rmdir(folder)               # fails, leaving everything, unless the folder is empty
-            except OSError:
-                return
 
     def save(self, state, epoch, save_freq):
         """current.pth every epoch, and ckpt_epoch_N.pth every save_freq epochs (then current.pth is a link to it)."""

@@ -1,5 +1,6 @@
 """The fit driver shared by the four scripts (resume, epochs, TensorBoard, checkpoints, signals) and what configures
 it: ``Checkpointed`` (what to save), ``Logged`` (what to log, and the epoch-end evaluators) and ``EpochReport``."""
+import argparse
 import os
 import sys
 import time
@@ -12,6 +13,7 @@ import torch.distributed as dist
 from engine.checkpoint import load_checkpoint, load_weights, checkpoint_section, save_checkpoint, trained_model
 from engine.data import set_loader_epoch
 from engine.errors import TrainingStopped, UserError
+from engine.finite import LIKELY_CAUSES, describe, first_non_finite, refuse_non_finite, run_tensors
 from engine.flags import describe_changes, flag_changes, opt_to_dict
 from engine.logger import TBLogger
 from engine.loop import train_epoch
@@ -93,6 +95,7 @@ class Fit:
     def resume(self, path):
         ckpt = load_checkpoint(path)
         self._check_flags(ckpt, path)
+        refuse_non_finite(ckpt, path)
         for key, module in self.saved.modules.items():
             load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
                          path, trained_model(ckpt))
@@ -148,23 +151,24 @@ class Fit:
                 self.rt.print(f'{path}: its amp entry is NVIDIA apex state; the GradScaler starts afresh')
 
     def __call__(self):
-        """Run the remaining epochs; returns the checkpointed values (best_acc1...)."""
-        resume_path = self._resume_path()
-        if resume_path:
-            self.resume(resume_path)
-        if self.opt.seed_drawn:
-            seed = self.opt.seed
-            self.rt.print(f'no --seed given: continuing with the checkpoint\'s seed {seed}' if resume_path else
-                          f'no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)')
-        made = self.run.make() if self.rt.is_main else []
-        self.writer = self._is_writer()
+        """Run the remaining epochs; returns the checkpointed values (best_acc1...). The run folder is locked for this
+        run from the start (``RunFolder.open``) to the end."""
         try:
+            resume_path = self._resume_path()
+            if resume_path:
+                self.resume(resume_path)
+            if self.opt.seed_drawn:
+                seed = self.opt.seed
+                self.rt.print(f'no --seed given: continuing with the checkpoint\'s seed {seed}' if resume_path else
+                              f'no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)')
+            self.writer = self._is_writer()
             with StopSignal() as stop:
                 for epoch in range(self.start_epoch, self.opt.epochs + 1):
                     self._epoch(epoch, stop)
         except BaseException:
-            self.run.remove_if_empty(made)      # a run that failed before its first save leaves no empty folder
+            self.run.close(remove_empty=True)   # a run that failed before its first save leaves no empty folder
             raise
+        self.run.close()
         self.tb.close()
         return self.saved.values
 
@@ -176,7 +180,7 @@ class Fit:
         resume_path, failure = (opt.resume if opt.resume != 'auto' else ''), None
         if rt.is_main:
             try:
-                resume_path = self.run.prepare(opt, also=[self.tb.log_dir])
+                resume_path = self.run.open(opt, also=[self.tb.log_dir])
             except UserError as e:
                 failure = str(e)
         if rt.distributed:
@@ -206,10 +210,18 @@ class Fit:
         if rt.is_main:
             os.remove(marker)
         writer = rt.is_main or (rt.is_local_main and not sees_rank0)
+        failure = None
         if writer and not rt.is_main:
-            os.makedirs(self.run.path, exist_ok=True)
+            try:
+                self.run.open(argparse.Namespace(resume='', overwrite=True))     # makes and locks its own copy
+            except UserError as e:
+                failure = str(e)
             print(f'rank {rt.rank}: no shared file system with rank 0; this node saves its own copy of the '
                   f'checkpoints in {self.run.path}', flush=True)
+        failures = [None] * rt.world_size
+        dist.all_gather_object(failures, failure)
+        if any(failures):
+            raise UserError(next(f for f in failures if f))
         return writer
 
     def _epoch(self, epoch, stop):
@@ -228,6 +240,7 @@ class Fit:
             value = self.saved.optimizer.param_groups[0]['lr'] if key == 'learning_rate' else meters[key].avg
             self.tb.log_value(tag, value, epoch)
         self.rt.broadcast_norm_buffers(*self.saved.modules.values())   # evaluate and save rank 0's model
+        self._check_state(f'after epoch {epoch}')
         for evaluate in self.logged.evaluators:
             self._take(evaluate(epoch, meters), epoch)
         rngs = self.rng_states()
@@ -264,6 +277,17 @@ class Fit:
         if failure is not None:
             raise UserError(failure)
 
+    def _check_state(self, when):
+        """Stop, as a non-finite loss does and before anything is saved, when any tensor of the state (parameters,
+        buffers, the optimizer's) holds NaN or inf. Under torchrun every process votes, so all stop together."""
+        bad = first_non_finite(run_tensors(self.saved.modules, self.saved.optimizer))
+        votes = self.rt.all_sum(torch.tensor([float(bad is not None)], device=self.rt.device))
+        if votes.item():
+            what = describe(*bad) if bad is not None else 'the state of another process'
+            raise TrainingStopped(f'error: the state is not finite {when}: {what}; stopped without saving, the last '
+                                  f'checkpoint is kept as it was. {LIKELY_CAUSES}' if self.rt.is_main else '',
+                                  exit_code=3)
+
     def _report_skipped(self):
         """--skip_bad_images: say how many files were skipped (counted where they were read: with --num_workers 0
         here; workers warn once per file instead)."""
@@ -275,6 +299,8 @@ class Fit:
     def _stop(self, stop, epochs_done, resume_step):
         """Save the exact position (``epochs_done`` finished epochs plus ``resume_step`` batches) and stop."""
         path = os.path.join(self.run.path, 'current.pth')
+        self._check_state(f'at epoch {epochs_done + 1}, step {resume_step}' if resume_step else
+                          f'after epoch {epochs_done}')
         rngs = self.rng_states()
         self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path,
                                                       self.run.flag))

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.errors import TrainingStopped
+from engine.finite import LIKELY_CAUSES
 from engine.logger import progress
 from engine.meters import AverageMeter, format_meters
 
@@ -160,6 +161,4 @@ class Readings:
 def non_finite_message(value, epoch, step, n_batches):
     """The one line a run stopped by a non-finite loss ends with."""
     return (f'error: the loss is {value} at epoch {epoch}, step {step} of {n_batches}; stopped without '
-            f'saving, the last checkpoint is kept as it was. Likely causes: a learning rate too high for this '
-            f'batch size, a temperature --nce_t so low that exp(s/T) overflows, or --amp with the NCE loss '
-            f'(float16 overflows); try a lower --learning_rate, a higher --nce_t or no --amp.')
+            f'saving, the last checkpoint is kept as it was. {LIKELY_CAUSES}')

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from engine.checkpoint import RunFolder, checkpoint_section, load_checkpoint, load_weights, trained_model
 from engine.data import eval_loader, make_loader
+from engine.finite import refuse_non_finite
 from engine.fit import Checkpointed, EpochReport, Fit, Logged
 from engine.loop import Stepper, StepResult
 from engine.meters import AverageMeter, accuracy, format_meters
@@ -43,6 +44,7 @@ def load_pretrained(make_encoder, opt):
     ``module.`` keys or not). Returns (encoder, checkpoint)."""
     ckpt = load_checkpoint(opt.model_path)
     pretrain_opt = ckpt.get('opt') if isinstance(ckpt.get('opt'), dict) else {}
+    refuse_non_finite(ckpt, opt.model_path)
     model = make_encoder(pretrain_opt.get('feat_dim', 128))
     load_weights(model, checkpoint_section(ckpt, 'model', opt.model_path), f'--model {opt.model}', opt.model_path,
                  trained_model(ckpt))

@@ -113,9 +113,10 @@ class ImageFolderInstance(datasets.ImageFolder):
             classes, _ = self.find_classes(root)
         except FileNotFoundError:
             return f"no images found under {root}: expected class sub-folders with .jpg/.png files (it has none)"
-        empty = [name for name in classes if not any(
-            self._is_image(os.path.join(folder, file)) for folder, _, files in os.walk(os.path.join(root, name),
-                                                                                     followlinks=True) for file in files)]
+        def has_images(name):
+            walk = os.walk(os.path.join(root, name), followlinks=True)
+            return any(self._is_image(os.path.join(folder, file)) for folder, _, files in walk for file in files)
+        empty = [name for name in classes if not has_images(name)]
         shown = ', '.join(empty[:5]) + (f' and {len(empty) - 5} more' if len(empty) > 5 else '')
         if len(empty) == len(classes):
             return (f"no images found under {root}: its class folders ({shown}) hold no .jpg, .jpeg, .png, .bmp or "

@@ -20,8 +20,9 @@ def build_split(opt, split, transform, two_crop=False, say=None):
     hidden = getattr(data, 'hidden_entries', None)
     if say is not None and hidden:
         names = sorted({os.path.basename(path) for path in hidden})
+        shown = ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
         say(f'note: skipped {len(hidden)} hidden entr{"y" if len(hidden) == 1 else "ies"} under {data.root} (names '
-            f'starting with ".": {", ".join(names[:3])}{", ..." if len(names) > 3 else ""}): neither classes nor images')
+            f'starting with ".": {shown}): neither classes nor images')
     return data
 
 

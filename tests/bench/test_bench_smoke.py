@@ -17,6 +17,7 @@ BENCHES = {
     'end_to_end.py': ('reference (--color_on_cpu, float32)', 'ours (float32)', 'SUMMARY: alexnet end to end'),
     'bench_colour.py': ('reference (skimage f64)', 'DeviceView cpu'),
     'bench_sampler.py': ('build: our uniform sampler', 'our uniform sampler'),
+    'bench_finite.py': ('reference path: save to /dev/null', 'the finite check alone', 'SUMMARY: the finite check'),
     'bench_step.py': ('scores + backward, tiny bank', 'resnet18v1 SGD step'),
     'baseline_pixels.py': ('majority class', 'logistic regression on 8x8 pixels'),
     'baseline_supervised.py': ('supervised ResNet-18', 'val top-1'),

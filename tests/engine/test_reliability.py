@@ -355,21 +355,27 @@ def test_sigint_during_epoch_end_work_saves_and_resumes_bit_identical(server, tm
 # --------------------------------------------------------------------------- non-finite loss
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(server, tmp_path, data):
-    """A NaN that reached the state: the checkpoint's Z is NaN (a resume can no longer change --nce_t to overflow
-    exp(q.k / T): the temperature is a flag that fixes the state). The first step of epoch 2 divides by it: the
-    NCE loss is NaN."""
+    """An absurd learning rate given on resume (one that may change): the first step of epoch 2 still computes a
+    finite loss, its update sends the weights to inf, and the second step's NCE loss is NaN. A checkpoint whose Z
+    is NaN (what a run that diverged wrote before the state was checked) is refused by the resume itself."""
     argv = moco_argv(str(tmp_path), data, '--epochs', '1')
     ok(server.run('train_moco_ins', argv))
     (current,) = glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))
+    before = tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb'))
+    result = server.run('train_moco_ins', argv + ['--epochs', '2', '--resume', current, '--learning_rate', '1e30'])
+    assert result.rc == 3
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith('error: the loss is nan at epoch 2, step 2 of 3;'), line       # 24 images / 8
+    assert 'learning rate' in line and '--nce_t' in line
+    assert tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb')) == before
     state = checkpoint.load_checkpoint(current)
     state['contrast']['params'].fill_(float('nan'))
     checkpoint.save_checkpoint(state, current)
     before = tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb'))
     result = server.run('train_moco_ins', argv + ['--epochs', '2', '--resume', 'auto'])
-    assert result.rc == 3
-    (line,) = result.err.strip().splitlines()
-    assert line.startswith('error: the loss is nan at epoch 2, step 1 of 3;'), line       # 24 images / 8
-    assert 'learning rate' in line and '--nce_t' in line
+    assert (result.rc, result.err) == (2, f'error: {current} holds non-finite values: contrast.params (1 NaN of 1 '
+                                          f'values); the run that wrote it had diverged: use an earlier checkpoint of '
+                                          f'it (ckpt_epoch_N.pth), or train again with a lower --learning_rate\n')
     assert tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb')) == before
 
 

@@ -169,7 +169,8 @@ def png16_rgb(path, rgb):
         return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
     header = struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0)
     with open(path, 'wb') as f:
-        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw)) +
+                chunk(b'IEND', b''))
 
 
 GRADIENT = np.linspace(0, 65535, 4 * 300).round().astype(np.uint16).reshape(4, 300)    # 16 bits, 0 .. 65535
