@@ -39,7 +39,7 @@ from views import flags as view_flags
 
 # Flags that fix the meaning or the shapes of a checkpoint: a resume must keep them (engine.fit.Fit.resume).
 FIXED_FLAGS = ('model', 'feat_dim', 'nce_k', 'nce_t', 'nce_m', 'softmax', 'view', 'views', 'paradigm', 'objective',
-               'batch_size', 'dataset')
+               'batch_size', 'dataset', 'view_channels')
 
 
 def parse_option(argv=None):

@@ -204,7 +204,9 @@ def check_probe(opt):
 
 
 # Not compared on resume: how to resume, and names derived from the flags that are compared.
-NOT_COMPARED = ('resume', 'overwrite', 'model_name', 'method', 'seed_drawn')
+NOT_COMPARED = ('resume', 'overwrite', 'model_name', 'method', 'seed_drawn', 'view_module_path')
+# Values a script stores with its flags that are not flags themselves: how a message names them.
+NOT_FLAGS = {'view_channels': "the views' input channels"}
 
 
 def flag_changes(saved, opt, fixed):
@@ -234,4 +236,4 @@ def _same(a, b):
 
 def describe_changes(changes):
     """'--nce_k 8 (checkpoint: 16), --model alexnet (checkpoint: resnet18v1)'."""
-    return ', '.join(f'--{name} {new} (checkpoint: {old})' for name, old, new in changes)
+    return ', '.join(f'{NOT_FLAGS.get(name, "--" + name)} {new} (checkpoint: {old})' for name, old, new in changes)

@@ -76,7 +76,7 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
     meters = {key: AverageMeter() for key, _ in fields}
     meters['BT'], meters['DT'] = AverageMeter(), AverageMeter()
     n_batches = loader.sampler.batches_per_epoch()
-    readings = Readings(fields, rt, epoch, n_batches, start_step)
+    readings = Readings(fields, rt, epoch, n_batches, start_step, getattr(stepper.view, 'non_finite_hint', ''))
     step = start_step
     end = time.time()
     for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
@@ -113,8 +113,8 @@ class Readings:
     any process stops all of them at the same read) and the metrics (averaged over processes).
     """
 
-    def __init__(self, fields, rt, epoch, n_batches, start_step):
-        self.fields, self.rt, self.epoch, self.n_batches = fields, rt, epoch, n_batches
+    def __init__(self, fields, rt, epoch, n_batches, start_step, hint=''):
+        self.fields, self.rt, self.epoch, self.n_batches, self.hint = fields, rt, epoch, n_batches, hint
         self.pending, self.batch_sizes, self.first_step = [], [], start_step   # steps first_step + 1, ...
 
     def add(self, result, batch_size):
@@ -136,7 +136,8 @@ class Readings:
         for offset, row in enumerate(values[:n_steps]):
             if not math.isfinite(row[0]):     # every process sees the same sum: all stop here, one says why
                 raise TrainingStopped(non_finite_message(row[0], self.epoch, self.first_step + offset + 1,
-                                                         self.n_batches) if self.rt.is_main else '', exit_code=3)
+                                                         self.n_batches) + self.hint if self.rt.is_main else '',
+                                      exit_code=3)
             for (key, _), value in zip(self.fields, row[1:]):
                 meters[key].update(value, self.batch_sizes[offset])
         self.first_step += n_steps

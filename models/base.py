@@ -89,6 +89,15 @@ def view_module_name(view: str) -> str:
     return LEGACY_VIEW_MODULE_NAMES.get(view.lower(), view.lower())
 
 
+def reserved_view_name(view: str) -> bool:
+    """Whether a view cannot have this name: its network becomes an attribute of the encoder (``view_module_name``),
+    which must not be one the encoder already has (nn.Module's 'training', 'forward', ..., the encoder's 'split',
+    'view_names', ...) nor the L and ab networks' names."""
+    name = view_module_name(view)
+    return view.lower() not in LEGACY_VIEW_MODULE_NAMES and (
+        name in LEGACY_VIEW_MODULE_NAMES.values() or name in _ENCODER_ATTRIBUTES or name.startswith('_'))
+
+
 class MultiViewEncoder(CheckpointCompatible):
     """CMC's encoder for M views (Tian et al. 2019, Sec. 3.1 and 3.3): one network f_theta_i per view, each with
     its view's input channels. The input's channels are split in view order, ``view_channels[i]`` for view i
@@ -109,6 +118,9 @@ class MultiViewEncoder(CheckpointCompatible):
                              f'{len(view_names)} view names: expected one of each per view')
         if len(set(module_names)) != len(module_names) or not all(n.isidentifier() for n in module_names):
             raise ValueError(f'view names must be distinct identifiers (case-insensitively), got {view_names}')
+        taken = [view for view in view_names if reserved_view_name(view)]
+        if taken:
+            raise ValueError(f'view names {taken} are names the encoder already uses; rename those views')
         for module_name, network in zip(module_names, networks):
             self.add_module(module_name, network)
         self.view_names = view_names
@@ -152,3 +164,8 @@ def build_view_encoder(networks: Sequence[nn.Module], view_channels: Sequence[in
     if tuple(name.lower() for name in view_names) == TWO_VIEW_NAMES:
         return TwoViewEncoder(networks[0], networks[1], final_layer, split=view_channels)
     return MultiViewEncoder(networks, view_channels, final_layer, view_names)
+
+
+# What an encoder instance already answers to, besides its view networks (see ``reserved_view_name``).
+_ENCODER_ATTRIBUTES = frozenset(dir(nn.Module())) | frozenset(dir(TwoViewEncoder)) | frozenset(
+    ('view_names', 'module_names', 'view_channels', 'final_layer'))

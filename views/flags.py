@@ -11,7 +11,7 @@ import os
 from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError
 from views.loading import load_view_module, restore_view_module
-from views.registry import find_view, get_view, view_names
+from views.registry import check_view_name, find_view, find_view_ignoring_case, get_view, view_names
 
 LEGACY_VIEWS = {'Lab': ('L', 'ab'), 'YCbCr': ('Y', 'CbCr')}
 PARADIGMS = ('core', 'full')
@@ -68,14 +68,17 @@ def check_views(views, dataset):
     if len(set(lowered)) != len(lowered):
         raise UserError(f'--views {" ".join(views)} names a view twice (names are compared case-insensitively)')
     files = [view for view in views if find_view(view) is None or find_view(view).kind == 'file']
+    for view in files:
+        twin = find_view_ignoring_case(view)
+        if twin is not None and twin.kind != 'file':
+            raise UserError(f'unknown view {view!r}: did you mean {twin.name!r}? (a view is named exactly as it was '
+                            f'registered)')
     if files and dataset != 'multiview_folder':
         raise UserError(f'unknown view{"s" if len(files) > 1 else ""} {" ".join(files)}: the registered views are '
                         f'{" ".join(view_names("colour", "computed"))}; give your own with --view_module; views read '
                         f'from files need --dataset multiview_folder')
-    bad = [view for view in files if not view.isidentifier() or view.lower() == 'rgb']
-    if bad:
-        raise UserError(f'view name {bad[0]!r} cannot name a view folder: use letters, digits and _ ("rgb" is the '
-                        f'folder of the colour views)')
+    for view in files:
+        check_view_name(view, 'view folder')
 
 
 def checkpoint_views(opt, saved):
@@ -88,9 +91,18 @@ def checkpoint_views(opt, saved):
         raise UserError(f'--view {opt.view_given} contradicts {opt.model_path}, trained on views {" ".join(views)}; '
                         f'drop --view (the checkpoint\'s views are used)')
     opt.views, opt.view = list(views), next((k for k, v in LEGACY_VIEWS.items() if tuple(v) == tuple(views)), None)
-    opt.view_module, opt.view_module_path = restore_view_module(saved, opt.view_module, opt.model_path)
+    if opt.view_module or any(find_view(view) is None for view in opt.views):      # only when a view needs it
+        opt.view_module, opt.view_module_path = restore_view_module(saved, opt.view_module, opt.model_path)
+    else:
+        opt.view_module = opt.view_module_path = None
     check_views(opt.views, opt.dataset)
     opt.view_channels = list(saved.get('view_channels') or [get_view(view).channels for view in opt.views])
+    for view, channels in zip(opt.views, opt.view_channels):
+        registered = find_view(view)
+        if registered is not None and registered.kind != 'file' and registered.channels != channels:
+            raise UserError(f'view {view!r} has {registered.channels} channel(s) as registered now '
+                            f'({registered.source}), but {opt.model_path} was trained with {channels}: give the '
+                            f'--view_module it was trained with')
     opt.probe_views = list(opt.probe_views or opt.views)
     if opt.probe_views != opt.views:
         opt.model_name += '_probe_' + '_'.join(opt.probe_views)

@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 
 from engine.errors import UserError, one_line
 from views.registry import view_names
@@ -26,12 +27,17 @@ def load_view_module(value):
     name = 'view_module_' + ''.join(c if c.isalnum() else '_' for c in os.path.splitext(path)[0].lstrip(os.sep))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    if os.path.dirname(path) not in sys.path:        # as for a script: the modules beside it import
+        sys.path.append(os.path.dirname(path))
     try:
         spec.loader.exec_module(module)
     except UserError:
         raise
     except Exception as e:                          # the user's code: any error it raises is theirs to see, in one line
-        raise UserError(f'--view_module {value}: importing {path} failed: {type(e).__name__}: {one_line(e)}') from None
+        frames = [frame for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        where = f' (line {frames[-1].lineno})' if frames else ''
+        raise UserError(f'--view_module {value}: importing {path} failed{where}: {type(e).__name__}: '
+                        f'{one_line(e)}') from None
     _LOADED[path] = module
     if not set(view_names('computed')) - before:
         raise UserError(f'--view_module {value}: {path} registers no view; call views.register_view(name, channels, '
@@ -55,7 +61,10 @@ def _module_file(value):
         spec = None
     finally:
         sys.path.pop(0)
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+    if spec is not None and not (spec.origin and os.path.isfile(spec.origin)):
+        raise UserError(f'--view_module {value}: {value} is a built-in module, not a file that registers views; give '
+                        f'the .py file of yours')
+    if spec is None:
         raise ViewModuleNotFound(f'--view_module {value}: no module of that name is importable from {os.getcwd()}; '
                                  f'give the .py file that registers your views')
     return os.path.abspath(spec.origin)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from engine.errors import UserError
+from models.base import reserved_view_name
 from views.device import DeviceView
 
 KINDS = ('colour', 'computed', 'file')
@@ -65,10 +66,15 @@ def _clash(name):
     return next((v for n, v in _VIEWS.items() if n.lower() == name.lower()), None)
 
 
-def _check_name(name, what):
+def check_view_name(name, what):
+    """A UserError unless ``name`` can name a view: an identifier, not "rgb" (the RGB images' folder), and not a name
+    the encoder already answers to ('training', 'forward', 'split', ...: the view's network becomes its attribute)."""
     if not isinstance(name, str) or not name.isidentifier() or name.lower() == RGB_FOLDER:
         raise UserError(f'{what} {name!r} cannot name a view: use letters, digits and _ (not starting with a digit; '
                         f'"{RGB_FOLDER}" is the folder of the RGB images)')
+    if reserved_view_name(name):
+        raise UserError(f'{what} {name!r} cannot name a view: the encoder already has an attribute {name.lower()!r} '
+                        f'(the view\'s network would be stored under it); choose another name')
 
 
 def register_view(name, channels, fn, chroma=False):
@@ -79,12 +85,13 @@ def register_view(name, channels, fn, chroma=False):
 
     A name that clashes with another registered view (case-insensitively) is a UserError; registering the same
     function again (the module imported twice) replaces the entry."""
-    _check_name(name, 'register_view:')
+    check_view_name(name, 'register_view:')
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise UserError(f'register_view({name!r}, ...): channels must be a positive int, got {channels!r}')
     if not callable(fn):
         raise UserError(f'register_view({name!r}, ...): fn must be a function of the uint8 RGB batch, got {fn!r}')
-    source = getattr(fn, '__module__', None) or '?'
+    code = getattr(fn, '__code__', None)
+    source = code.co_filename if code is not None else (getattr(fn, '__module__', None) or '?')     # the user's file
     old = _clash(name)
     same_fn = old is not None and old.fn is not None and (getattr(old.fn, '__qualname__', None), old.source) == \
         (getattr(fn, '__qualname__', None), source)
@@ -99,7 +106,7 @@ def register_view(name, channels, fn, chroma=False):
 def register_file_view(name, channels, where):
     """Register a view read from the view folder ``name`` of a multiview data set at ``where`` (its images have
     ``channels`` channels). A registered colour or computed view of that name is a UserError: which would it be?"""
-    _check_name(name, 'view folder')
+    check_view_name(name, 'view folder')
     old = _clash(name)
     if old is not None and old.kind != 'file':
         raise UserError(f'{where} has a view folder {name!r}, but {old.name!r} is also a registered {old.kind} view '
@@ -112,6 +119,11 @@ def register_file_view(name, channels, where):
 def find_view(name):
     """The registered View of that exact name, or None."""
     return _VIEWS.get(name)
+
+
+def find_view_ignoring_case(name):
+    """The registered View whose name equals ``name`` case-insensitively, or None."""
+    return _clash(name)
 
 
 def get_view(name):

@@ -1,8 +1,10 @@
 """``ViewStack``: the loader's uint8 batch -> the named views, normalised and stacked on channels, on the device."""
+import traceback
+
 import torch
 from torch import nn
 
-from engine.errors import UserError
+from engine.errors import UserError, one_line
 from views.device import DeviceView
 from views.registry import View, get_view
 
@@ -66,22 +68,41 @@ class ViewStack(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _computed(self, view, rgb):
-        """A computed view of the batch, in float32 also under autocast (as the colour views are); on its first batch,
-        what the user's function returned is checked (one host sync, once)."""
+        """A computed view of the batch, in float32 also under autocast (as the colour views are). What the user's
+        function returns is checked on every batch (its type, shape and device: no host sync), and its values on its
+        first batch only (finite: one host sync, once); an exception in it is one line naming the view."""
         with torch.autocast(rgb.device.type, enabled=False):
-            out = view.fn(rgb)
-        if view.name in self._unchecked:
-            check_computed(view, rgb, out)
-            self._unchecked.discard(view.name)
+            try:
+                out = view.fn(rgb)
+            except Exception as error:              # the user's code: one line with where in it, not a traceback
+                raise UserError(f'view {view.name!r} ({view.source}) raised {type(error).__name__}: '
+                                f'{one_line(error)}{place_in(error, view.source)}') from None
+        check_computed(view, rgb, out, values=view.name in self._unchecked)
+        self._unchecked.discard(view.name)
         return out.float()
+
+    @property
+    def non_finite_hint(self):
+        """What a non-finite loss may come from besides training (the loop's stop line says it): these views' own
+        functions, whose values are checked on their first batch only."""
+        computed = [view for view in self.entries if view.kind == 'computed']
+        return (f' Or a view of yours returned NaN or inf after its first batch: '
+                f'{", ".join(f"{view.name} ({view.source})" for view in computed)}.' if computed else '')
 
     def extra_repr(self):
         return f"views={self.views}, channels={self.channels}"
 
 
-def check_computed(view, rgb, out):
-    """A UserError naming the view unless ``out`` is a finite floating-point B x channels x H x W tensor on rgb's
-    device (what ``fn(rgb)`` must return)."""
+def place_in(error, source):
+    """' at FILE:LINE' of the innermost frame of ``error``'s traceback in the file ``source`` (else the innermost)."""
+    frames = traceback.extract_tb(error.__traceback__)[1:]          # [0]: the call in _computed
+    inside = [frame for frame in frames if frame.filename == source] or frames
+    return f' at {inside[-1].filename}:{inside[-1].lineno}' if inside else ''
+
+
+def check_computed(view, rgb, out, values=True):
+    """A UserError naming the view unless ``out`` is a floating-point B x channels x H x W tensor on rgb's device
+    (what ``fn(rgb)`` must return) and, with ``values``, finite."""
     batch, _, height, width = rgb.shape
     expected = (batch, view.channels, height, width)
     where = f'view {view.name!r} ({view.source}) returned'
@@ -92,7 +113,7 @@ def check_computed(view, rgb, out):
         raise UserError(f'{where} {out.dtype} {tuple(out.shape)} on {out.device} for a uint8 {tuple(rgb.shape)} '
                         f'batch on {rgb.device}; expected a float tensor {expected} on {rgb.device} (register_view\'s '
                         f'channels is {view.channels})')
-    bad = (~torch.isfinite(out)).sum().item()
+    bad = (~torch.isfinite(out)).sum().item() if values else 0
     if bad:
         raise UserError(f'{where} {bad} non-finite values (NaN or inf) of {out.numel()} on its first batch; its '
                         f'function must return finite values')

@@ -39,13 +39,13 @@ class Steps(torch.nn.Module):
         return StepResult(loss=loss, metrics={'loss': loss, 'prob': torch.tensor(step * 1.0)})
 
 
-def run(losses, print_freq, stop_after=None, reads=None):
+def run(losses, print_freq, stop_after=None, reads=None, view=lambda x: x):
     """One epoch of ``Steps`` over batches of 2 items; returns (meters, steps)."""
     stop = StopSignal()
     rt = runtime.Runtime(device=torch.device('cpu'), scaler=torch.amp.GradScaler('cpu', enabled=False))
     method = Steps(losses, stop, stop_after)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
-    stepper = Stepper(method, view=lambda x: x, set_lr=lambda *a: None)
+    stepper = Stepper(method, view=view, set_lr=lambda *a: None)
     batches = [(torch.zeros(2, 1), torch.zeros(2), torch.full((2,), i)) for i in range(len(losses))]
     return train_epoch(epoch=1, loader=Loader(batches), stepper=stepper, optimizer=optimizer,
                        rt=rt, opt=types.SimpleNamespace(print_freq=print_freq), stop=stop, fields=FIELDS)
@@ -87,3 +87,19 @@ def test_the_stepper_hands_the_view_of_the_images_and_the_indices_or_the_targets
     assert result.metrics['second'].tolist() == ([4, 5] if targets else [7, 9])
     assert stepper.train_modules == [stepper.method]
     stepper.after_step()                                     # a method without after_step: nothing to do
+
+
+class HintedView:
+    """A view that knows what a non-finite loss may come from (as views.ViewStack does for the user's own views)."""
+    non_finite_hint = ' Or a view of yours returned NaN or inf after its first batch: edges (edges_view.py).'
+
+    def __call__(self, x):
+        return x
+
+
+def test_a_non_finite_loss_names_the_users_views_among_its_causes():
+    with pytest.raises(TrainingStopped) as stopped:
+        run([1.0, float('nan')], print_freq=1, view=HintedView())
+    assert str(stopped.value).startswith('error: the loss is nan at epoch 1, step 2 of 2;')
+    assert str(stopped.value).endswith('try a lower --learning_rate, a higher --nce_t or no --amp. Or a view of yours '
+                                       'returned NaN or inf after its first batch: edges (edges_view.py).')

@@ -116,7 +116,7 @@ def test_a_wrong_view_function_stops_the_first_batch_with_one_line(tmp_path, ima
         train_CMC.main(['--dataset', 'folder', '--data_folder', image_folder, '--model_path', str(tmp_path / 'm'),
                         '--tb_path', str(tmp_path / 'tb'), *TINY, '--views', 'L', 'two_channel_liar',
                         '--view_module', module])
-    assert str(error.value).startswith("view 'two_channel_liar' (view_module_") and '\n' not in str(error.value)
+    assert str(error.value).startswith(f"view 'two_channel_liar' ({module}) returned") and '\n' not in str(error.value)
     assert 'returned torch.float32 (8, 2, 64, 64) on cpu for a uint8 (8, 3, 64, 64) batch on cpu; expected a ' \
            "float tensor (8, 1, 64, 64) on cpu (register_view's channels is 1)" in str(error.value)
     assert not os.path.exists(tmp_path / 'm')                 # a run that fails before its first save leaves nothing

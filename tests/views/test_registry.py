@@ -2,6 +2,7 @@
 import and recovery from a checkpoint, ViewStack with computed views and its first-batch check of what the user's
 function returns. Views registered here get names no other test uses (the registry lives for the whole process)."""
 import os
+import re
 import sys
 import textwrap
 
@@ -68,8 +69,8 @@ def test_register_view_refuses_clashes_and_bad_arguments():
         with pytest.raises(UserError, match='cannot name a view'):
             views.register_view(bad, 1, double_it)
     first = views.register_view('reg_twice', 3, double_it)
-    assert views.register_view('reg_twice', 3, double_it).source == first.source == __name__   # a re-import
-    with pytest.raises(UserError, match=r"taken by the computed view 'reg_twice' \(" + __name__):
+    assert views.register_view('reg_twice', 3, double_it).source == first.source == __file__   # a re-import
+    with pytest.raises(UserError, match=r"taken by the computed view 'reg_twice' \(" + re.escape(__file__)):
         views.register_view('reg_twice', 3, lambda rgb: rgb.float())
     assert 'reg_twice' in views.view_names('computed') and 'reg_twice' not in views.view_names('colour')
 
@@ -94,7 +95,8 @@ def test_load_view_module_by_path_and_by_name(tmp_path, monkeypatch):
     ''')
     monkeypatch.chdir(tmp_path)                                         # importable from the working directory
     assert loading.load_view_module('by_name_views') == str(tmp_path / 'by_name_views.py')
-    assert str(tmp_path) not in sys.path and views.find_view('load_by_name').kind == 'computed'
+    assert views.find_view('load_by_name').kind == 'computed'
+    assert str(tmp_path) in sys.path                                    # as for a script: the modules beside it import
 
 
 def test_load_view_module_errors_are_one_line(tmp_path, monkeypatch):
@@ -104,7 +106,7 @@ def test_load_view_module_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(loading.ViewModuleNotFound, match='no module of that name is importable from'):
         loading.load_view_module('no_such_module_here')
     broken = write_module(tmp_path, 'broken_views', 'import views\nraise RuntimeError("bad\\nthing")\n')
-    with pytest.raises(UserError, match=f'importing {broken} failed: RuntimeError: bad thing$'):
+    with pytest.raises(UserError, match=rf'importing {broken} failed \(line 2\): RuntimeError: bad thing$'):
         loading.load_view_module(broken)
     empty = write_module(tmp_path, 'empty_views', 'x = 1\n')
     with pytest.raises(UserError, match='registers no view; call views.register_view'):
@@ -160,7 +162,7 @@ def test_what_a_users_function_returns_is_checked_on_the_first_batch(returned, m
     name = f'bad_{abs(hash(message)) % 10 ** 8}'
     views.register_view(name, 1, returned)
     x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
-    with pytest.raises(UserError, match=rf"view '{name}' \({__name__}\) " + message):
+    with pytest.raises(UserError, match=rf"view '{name}' \({re.escape(__file__)}\) " + message):
         ViewStack(['L', name])(x)
 
 
@@ -183,7 +185,67 @@ def test_a_view_folder_named_like_a_registered_view_is_an_error(tmp_path):
     for folder in ('rgb', 'folder_clash'):
         os.makedirs(tmp_path / 'train' / folder / 'c0')
     with pytest.raises(UserError, match=r"has a view folder 'folder_clash', but 'folder_clash' is also a registered "
-                                        r"computed view \(" + __name__ + r"\); rename the folder or the view"):
+                                        r"computed view \(" + re.escape(__file__) + r"\); rename the folder or the "
+                                        r"view"):
         MultiviewFolder(str(tmp_path / 'train'), ['L', 'folder_clash'])
     with pytest.raises(UserError, match="also a registered colour view"):
         registry.register_file_view('ab', 1, str(tmp_path))
+
+
+@pytest.mark.parametrize('name', ['training', 'forward', 'split', 'view_names', 'Eval', 'l_to_ab'])
+def test_names_the_encoder_already_answers_to_cannot_name_a_view(name):
+    """A view's network becomes an attribute of the encoder: 'training' would replace nn.Module's flag, 'split' the
+    encoder's channel split."""
+    with pytest.raises(UserError, match=rf"register_view: {name!r} cannot name a view: the encoder already has an "
+                                        rf"attribute {name.lower()!r}"):
+        views.register_view(name, 1, double_it)
+    from views.flags import check_views
+    with pytest.raises(UserError, match=rf"view folder {name!r} cannot name a view"):
+        check_views(['L', name], 'multiview_folder')
+
+
+def test_what_the_function_returns_is_checked_on_every_batch_and_its_errors_are_one_line(tmp_path):
+    calls = []
+
+    def shrinks_later(rgb):
+        calls.append(1)
+        return rgb[:, :1].float()[:, :, :4 if len(calls) > 1 else None]
+
+    views.register_view('shrinks_later', 1, shrinks_later)
+    stack, x = ViewStack(['L', 'shrinks_later']), torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    assert stack(x).shape == (2, 2, 8, 8)
+    with pytest.raises(UserError, match=r"view 'shrinks_later' .* returned torch.float32 \(2, 1, 4, 8\)"):
+        stack(x)                                                     # the second batch: no traceback either
+    path = tmp_path / 'raising_views.py'
+    path.write_text('import views\n\n\ndef boom(rgb):\n    return rgb.float() / undefined_name\n\n\n'
+                    'views.register_view("raises_inside", 1, boom)\n')
+    loading.load_view_module(str(path))
+    with pytest.raises(UserError) as error:
+        ViewStack(['L', 'raises_inside'])(x)
+    assert str(error.value) == (f"view 'raises_inside' ({path}) raised NameError: name 'undefined_name' is not "
+                                f"defined at {path}:5")
+    assert 'raises_inside' in ViewStack(['L', 'raises_inside']).non_finite_hint
+
+
+def test_a_view_module_imports_the_modules_beside_it_and_says_where_it_failed(tmp_path, monkeypatch):
+    (tmp_path / 'helper_for_views.py').write_text('SCALE = 3.0\n')
+    module = write_module(tmp_path, 'with_helper_views', '''
+        import helper_for_views
+        from views import register_view
+        register_view('helped_view', 1, lambda rgb: rgb[:, :1].float() / helper_for_views.SCALE)
+    ''')
+    monkeypatch.chdir('/')                                       # not the module's folder
+    loading.load_view_module(module)
+    assert views.find_view('helped_view').source == module
+    typo = write_module(tmp_path, 'typo_views', 'import views\n\nx = 1\ny = undefined_here\n')
+    with pytest.raises(UserError, match=rf'importing {typo} failed \(line 4\): NameError'):
+        loading.load_view_module(typo)
+    with pytest.raises(UserError, match='os is a built-in module, not a file that registers views'):
+        loading.load_view_module('os')
+
+
+def test_a_view_name_in_another_case_is_named_in_the_error():
+    views.register_view('CaseView', 1, double_it)
+    from views.flags import check_views
+    with pytest.raises(UserError, match=r"unknown view 'caseview': did you mean 'CaseView'\?"):
+        check_views(['L', 'caseview'], 'folder')
