@@ -1,6 +1,7 @@
 """Errors a user can fix, early stops, and the scripts' entry point that turns both into one line."""
 import os
 import re
+import signal
 import sys
 
 import torch
@@ -29,14 +30,25 @@ def run_main(main, argv=None):
     try:
         main(argv)
     except UserError as e:
-        if os.environ.get('LOCAL_RANK', '0') == '0':     # under torchrun once per node: all processes raise it
-            print(f'error: {one_line(e)}', file=sys.stderr)
+        say_once(f'error: {one_line(e)}')
         code = 2
         release_frames(e)
     except TrainingStopped as e:
-        if str(e):
-            print(str(e), file=sys.stderr)
+        if str(e):                                      # '' in the processes that leave the saying to another
+            say_once(str(e))
         code = e.exit_code
+    except RuntimeError as e:
+        if dead_worker(e) is not None:                  # outside the epochs (the probe's feature cache): no checkpoint
+            say_once(f'error: {dead_worker(e)}, most likely by the kernel\'s out-of-memory killer: lower '
+                     f'--num_workers or --batch_size')
+        elif lost_peers(e):                             # another process failed first, and said why
+            say_once(f'error: process {os.environ.get("RANK")} of this torchrun job lost the others: one of them '
+                     f'ended first (its own output says why)')
+        else:                                           # a bug: its traceback follows
+            release_frames(e, only_under=TORCH_FOLDER)
+            raise
+        code = 1
+        release_frames(e)
     except BaseException as e:  # a traceback follows: free the loader iterators torch's frames hold, keep the rest
         release_frames(e, only_under=TORCH_FOLDER)
         raise
@@ -75,6 +87,48 @@ def release_frames(error, only_under=None):
                     pass
             trace = trace.tb_next
         error = error.__cause__ or error.__context__
+
+
+def say_once(line):
+    """Print a run-ending line once for the whole run. Under torchrun the first process to end says it: an error
+    every process hits alike (a bad flag, a set-up failure shared from rank 0) is said once, and an error that only
+    one process hits (a bad image read by rank 1) is said by that process. Before the process group exists (the
+    flags), rank 0 says it."""
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        if not (dist.is_available() and dist.is_initialized()):
+            if os.environ.get('RANK', '0') != '0':
+                return
+        else:
+            try:                                        # torchrun's store: the first process to count 1 says it
+                if dist.distributed_c10d._get_default_store().add('cmc/run_ending_lines', 1) != 1:
+                    return
+            except Exception:                           # no store to ask: each node's first process says it
+                if os.environ.get('LOCAL_RANK', '0') != '0':
+                    return
+    print(line, file=sys.stderr, flush=True)
+
+
+def lost_peers(error):
+    """Whether ``error`` is a collective that failed because another process of a torchrun job is gone."""
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return False
+    backend_error = getattr(dist, 'DistBackendError', ())
+    return isinstance(error, backend_error) or bool(re.search(
+        r'Connection (reset|closed) by peer|Broken pipe|gloo/transport', str(error)))
+
+
+def dead_worker(error):
+    """'a data-loading worker (pid 123) was killed by signal SIGKILL' for the RuntimeError torch raises in the main
+    process when a DataLoader worker is killed (from its SIGCHLD handler, wherever the main process then is), or
+    None for any other error."""
+    found = re.match(r'DataLoader worker \(pids? ([\d, ]+)\) (?:is killed by signal: (.+?)\.|exited unexpectedly)',
+                     str(error).strip())
+    if found is None:
+        return None
+    pid, how = found.group(1), found.group(2)
+    names = {signal.strsignal(s): s.name for s in signal.Signals}
+    return (f'a data-loading worker (pid {pid}) was killed by signal {names.get(how, how)}' if how else
+            f'a data-loading worker (pid {pid}) exited unexpectedly')
 
 
 def one_line(error):

@@ -2,6 +2,7 @@
 it: ``Checkpointed`` (what to save), ``Logged`` (what to log, and the epoch-end evaluators) and ``EpochReport``."""
 import argparse
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -12,13 +13,13 @@ import torch.distributed as dist
 
 from engine.checkpoint import load_checkpoint, load_weights, checkpoint_section, save_checkpoint, trained_model
 from engine.data import set_loader_epoch
-from engine.errors import TrainingStopped, UserError
+from engine.errors import TrainingStopped, UserError, dead_worker
 from engine.finite import LIKELY_CAUSES, describe, first_non_finite, refuse_non_finite, run_tensors
 from engine.flags import describe_changes, flag_changes, opt_to_dict
 from engine.logger import TBLogger
 from engine.loop import train_epoch
 from engine.runtime import rng_state, set_rng_state, unwrap
-from engine.signals import StopSignal, stop_message
+from engine.signals import StopSignal, resume_command, stop_message
 
 
 @dataclass
@@ -165,6 +166,11 @@ class Fit:
             with StopSignal() as stop:
                 for epoch in range(self.start_epoch, self.opt.epochs + 1):
                     self._epoch(epoch, stop)
+        except RuntimeError as error:              # raised wherever the main process was when its worker died
+            self.run.close(remove_empty=True)
+            if dead_worker(error) is None:
+                raise
+            raise TrainingStopped(self._dead_worker(error) if self.rt.is_main else '', exit_code=1) from None
         except BaseException:
             self.run.close(remove_empty=True)   # a run that failed before its first save leaves no empty folder
             raise
@@ -277,6 +283,21 @@ class Fit:
         if failure is not None:
             raise UserError(failure)
 
+    def resume_command(self, path):
+        """The command that continues this run from the checkpoint ``path``."""
+        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
+        return resume_command(self.argv, path, launcher)
+
+    def _dead_worker(self, error):
+        """The one line for a loader worker that a signal killed (the kernel's out-of-memory killer, mostly): what
+        died, the likely cause, and the command that continues from the last checkpoint, which is left as it was."""
+        current = os.path.join(self.run.path, 'current.pth')
+        again = (f'resume with: {self.resume_command(current)}' if os.path.isfile(current) else
+                 f'nothing was saved yet: run {shlex.join(["python", *self.argv])} again')
+        return (f'error: {dead_worker(error)}, most likely by the kernel\'s out-of-memory killer: lower --num_workers '
+                f'({self.opt.num_workers} now) or --batch_size ({self.opt.batch_size} now); the last checkpoint is '
+                f'left as it was; {again}')
+
     def _check_state(self, when):
         """Stop, as a non-finite loss does and before anything is saved, when any tensor of the state (parameters,
         buffers, the optimizer's) holds NaN or inf. Under torchrun every process votes, so all stop together."""
@@ -305,14 +326,6 @@ class Fit:
         self._save_everywhere(lambda: save_checkpoint(self.state(epochs_done, resume_step, rngs), path,
                                                       self.run.flag))
         self.tb.close()
-        argv, rest = [], list(self.argv)        # the resume command replaces the old --resume value
-        while rest:
-            arg = rest.pop(0)
-            if arg == '--resume':
-                rest = rest[1:]
-            elif not arg.startswith('--resume='):
-                argv.append(arg)
-        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
         n_batches = self.loader.sampler.batches_per_epoch()
-        message = stop_message(stop, path, epochs_done, resume_step, n_batches, argv, launcher)
+        message = stop_message(stop, path, epochs_done, resume_step, n_batches, self.resume_command(path))
         raise TrainingStopped(message if self.rt.is_main else '', exit_code=128 + stop.signum)   # said once

@@ -4,13 +4,22 @@ import torch.nn.functional as F
 
 from engine.data import eval_loader
 from engine.fit import EpochReport
+from engine.signals import stop_pending
+
+
+class Interrupted(Exception):
+    """A stop signal came during the kNN pass: the run saves and stops without this epoch's kNN figure."""
 
 
 @torch.no_grad()
 def extract_features(encode, loader, rt):
-    """Run ``encode`` (uint8 batch on device -> B x D features) over a loader; returns (features, labels) on device."""
+    """Run ``encode`` (uint8 batch on device -> B x D features) over a loader; returns (features, labels) on device.
+    A stop signal (one process) interrupts it between batches (``Interrupted``): a stop waits for a step, not for the
+    monitor's pass over the data."""
     feats, labels = [], []
     for images, target, _ in loader:
+        if stop_pending(rt):
+            raise Interrupted
         with rt.autocast():
             f = encode(images.to(rt.device, non_blocking=True))
         feats.append(f.float())
@@ -84,7 +93,11 @@ def knn_monitor(opt, rt, encode, modules, splits):
             return None
         for m in modules:
             m.eval()
-        top1 = knn_accuracy(encode, train_loader, val_loader, n_classes, rt)
+        try:
+            top1 = knn_accuracy(encode, train_loader, val_loader, n_classes, rt)
+        except Interrupted:
+            rt.print('kNN monitor: interrupted by the stop signal')
+            return None
         rt.print(f'kNN (k=200, t=0.07) top-1 on val: {top1:.2f}')
         return EpochReport(scalars={'knn_top1': top1}, values={'knn_top1': top1})
 

@@ -18,6 +18,7 @@ class StopSignal:
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    active = None                          # the StopSignal in force (one per process), for ``stop_pending``
 
     def __init__(self):
         self.signum = None
@@ -28,6 +29,7 @@ class StopSignal:
     def __enter__(self):
         for s in self.SIGNALS:
             self._old[s] = signal.signal(s, self._handle)
+        StopSignal.active = self
         return self
 
     def _handle(self, signum, frame):
@@ -36,6 +38,7 @@ class StopSignal:
         self.signum = signum
 
     def __exit__(self, *exc):
+        StopSignal.active = None
         for s, old in self._old.items():
             signal.signal(s, old)
         if self._vote is not None:             # left in flight by an error: a pending collective hangs the exit
@@ -86,10 +89,27 @@ class StopSignal:
         return self.agreed_signum is not None
 
 
-def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, script_argv, launcher=('python',)):
+def stop_pending(rt):
+    """Whether work that only monitors the run (the kNN pass between epochs) should give way: a signal came, in a
+    single process (under torchrun every process must reach the same collectives, so there it runs to its end)."""
+    return StopSignal.active is not None and StopSignal.active.requested and not rt.distributed
+
+
+def resume_command(script_argv, ckpt_path, launcher=('python',)):
+    """The command that continues a run from ``ckpt_path``: the command as typed, its --resume replaced."""
+    argv, rest = [], list(script_argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == '--resume':
+            rest = rest[1:]
+        elif not arg.startswith('--resume='):
+            argv.append(arg)
+    return shlex.join([*launcher, *argv, '--resume', ckpt_path])
+
+
+def stop_message(stop, ckpt_path, epochs_done, resume_step, n_batches, command):
     """The one line a stopped run ends with: where it stopped and the command that continues it."""
     name = signal.Signals(stop.signum).name
     where = (f'at epoch {epochs_done + 1}, step {resume_step} of {n_batches}' if resume_step else
              f'after epoch {epochs_done}')
-    command = shlex.join([*launcher, *script_argv, '--resume', ckpt_path])
     return f'stopped by {name} {where}; the position is saved in {ckpt_path}. Resume with: {command}'

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 try:
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -87,7 +87,10 @@ def read_rgb(path):
     """
     with open(path, 'rb') as handle:
         data = handle.read()
-    image = Image.open(io.BytesIO(data))  # parses the header only
+    try:
+        image = Image.open(io.BytesIO(data))  # parses the header only
+    except UnidentifiedImageError:            # PIL would name the BytesIO: name the file, as the default loader does
+        raise UnidentifiedImageError(f'cannot identify image file {path!r}') from None
     if image.format == 'JPEG' and decode_jpeg is not None:
         try:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)

@@ -98,3 +98,37 @@ def test_a_worker_error_ends_the_run(tmp_path, kind):
         assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == 'error: item 5 is bad', result
     else:  # a bug keeps its traceback (from the worker) and exit status 1
         assert result.returncode == 1 and 'RuntimeError: item 5 is bad' in result.stderr, result
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='forked loader workers (Linux)')
+def test_a_worker_killed_by_a_signal_is_one_line_with_the_resume_command(tmp_path, image_folder):
+    """The kernel's out-of-memory killer sends SIGKILL to a loader worker: torch raises, from its SIGCHLD handler,
+    wherever the main process then is; the run ends with one line, the last checkpoint as it was."""
+    import hashlib
+    import signal
+    import time
+    argv = ['train_CMC.py', '--dataset', 'folder', '--data_folder', image_folder, '--model_path',
+            str(tmp_path / 'm'), '--tb_path', str(tmp_path / 'tb'), '--image_size', '64', '--num_workers', '2',
+            '--batch_size', '8', '--device', 'cpu', '--print_freq', '1', '--model', 'alexnet', '--nce_k', '8',
+            '--epochs', '200', '--seed', '0', '--knn_freq', '0']
+    run = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    try:
+        for line in run.stdout:                              # epochs 1 and 2 saved; epoch 3's workers are running
+            if line.startswith('Train: [3]'):
+                break
+        (current,) = [os.path.join(root, 'current.pth') for root, _, files in os.walk(tmp_path / 'm')
+                      if 'current.pth' in files]
+        before = hashlib.sha256(open(current, 'rb').read()).hexdigest()
+        worker = int(subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()[0])
+        os.kill(worker, signal.SIGKILL)
+        start = time.time()
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1 and time.time() - start < 30
+    resume = ' '.join(['python', *argv, '--resume', current])
+    assert err == (f'error: a data-loading worker (pid {worker}) was killed by signal SIGKILL, most likely by the '
+                   f"kernel's out-of-memory killer: lower --num_workers (2 now) or --batch_size (8 now); the last "
+                   f'checkpoint is left as it was; resume with: {resume}\n')
+    assert hashlib.sha256(open(current, 'rb').read()).hexdigest() == before

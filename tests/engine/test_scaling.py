@@ -1,5 +1,6 @@
 """Scaling: the parallel-mode decision, two processes against each other and against one (tests/ddp_worker.py under
 torchrun, gloo), bad input and signals under torchrun, stopping with loader workers, float16 + GradScaler."""
+import glob
 import os
 import signal
 import subprocess
@@ -116,6 +117,41 @@ def test_bad_input_on_rank_0_ends_both_processes_with_one_line(tmp_path, image_f
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'missing.pth' in errors[0], proc.stderr[-3000:]
     assert 'gloo' not in proc.stderr.lower() and 'broadcast_object_list' not in proc.stderr
+
+
+def test_bad_input_on_rank_1_only_is_said_once_by_rank_1_and_both_end(tmp_path):
+    """A bad image that only rank 1 reads (in its first batch): rank 1 says why, rank 0 (waiting for rank 1 in a
+    collective) ends without a gloo traceback of its own, and the job ends promptly (issue 22)."""
+    from conftest import make_image_folder
+    from engine.data import ResumableSampler
+    data = make_image_folder(tmp_path / 'data')
+    paths = sorted(glob.glob(os.path.join(data, 'train', '*', '*.png')))
+    sampler = ResumableSampler(len(paths), 4, seed=0, rank=1, world_size=2)
+    sampler.set_epoch(1)
+    bad = paths[list(sampler)[0]]
+    ranks_0 = ResumableSampler(len(paths), 4, seed=0, rank=0, world_size=2)
+    ranks_0.set_epoch(1)
+    assert paths.index(bad) not in list(ranks_0)
+    with open(bad, 'wb') as f:
+        f.write(b'not an image')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           *cmc_args(tmp_path, data, '--num_workers', '0', '--epochs', '1')]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0 and time.time() - start < 60
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert errors == [f"error: cannot decode image {bad} (UnidentifiedImageError: cannot identify image file "
+                      f"{bad!r}); delete or replace it, or pass --skip_bad_images to skip such files"], proc.stderr
+    assert 'gloo' not in proc.stderr.lower() and '[rank0]' not in proc.stderr and '[rank1]' not in proc.stderr
+
+
+def test_a_flag_error_under_torchrun_is_said_once(tmp_path, image_folder):
+    """Every process parses the same flags and fails alike, before the process group exists: rank 0 says it."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           *cmc_args(tmp_path, image_folder, '--nce_t', '0')]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert proc.returncode != 0 and errors == ['error: --nce_t must be a positive number, got 0.0'], proc.stderr
 
 
 def wait_for(proc, path_glob, limit=240):
