@@ -21,7 +21,7 @@ On a laptop CPU, probing a demo checkpoint:
 
 import torch
 
-from dataset import GRAYSCALE_DATASETS, cmc_train_transform
+from dataset import cmc_train_transform
 from engine import flags
 from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError, run_main
@@ -59,8 +59,6 @@ def parse_option(argv=None):
                         help=f'{flags.COMPAT}: launch with torchrun --nproc_per_node N instead')
     opt = parser.parse_args(argv)
     flags.check_probe(opt)
-    if opt.dataset in GRAYSCALE_DATASETS:
-        raise UserError(f'--dataset {opt.dataset} is grayscale: it has no {opt.view} colour views')
     family = 'alexnet' if opt.model == 'alexnet' else 'resnet'
     if opt.layer not in LAYERS[family]:
         raise UserError(f'--layer {opt.layer} is out of range for --model {opt.model} '
@@ -72,7 +70,9 @@ def parse_option(argv=None):
 
 def main(argv=None):
     opt = parse_option(argv)
-    view_flags.checkpoint_views(opt, checkpoint_opt(opt.model_path))
+    saved = checkpoint_opt(opt.model_path)
+    flags.check_probed_model(saved, opt.model_path, CMC_MODEL_NAMES, 'eval_moco_ins.py')
+    view_flags.checkpoint_views(opt, saved)
     rt = setup_runtime(opt)
 
     probed = [opt.views.index(view) for view in opt.probe_views]
@@ -92,7 +92,9 @@ def main(argv=None):
 
     keys = view_flags.key_names(opt.views)
     view = ViewStack(opt.views, view_flags.file_channels(opt.views, opt.view_channels))
-    splits = lambda: probe_splits(opt, rt.print, cmc_train_transform(opt.image_size, opt.crop_low), opt.views)  # noqa
+    named = f'--probe_views {" ".join(opt.probe_views)} (of {opt.model_path})'
+    splits = lambda: probe_splits(opt, rt.print, cmc_train_transform(opt.image_size, opt.crop_low),  # noqa: E731
+                                  opt.probe_views, named)
     spec = ProbeSpec(make_encoder=lambda feat_dim: build_cmc_model(opt.model, feat_dim, opt.view_channels, keys),
                      features=features, make_classifier=make_classifier, view=view, splits=splits)
     return run_linear_probe(opt, rt, spec, flags.command_line(__file__, argv))

@@ -16,6 +16,7 @@ On a laptop CPU, probing a demo checkpoint:
 
 from dataset import moco_train_transform
 from engine import flags
+from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError, run_main
 from engine.probe import ProbeSpec, run_linear_probe
 from engine.runtime import setup_runtime
@@ -59,6 +60,7 @@ def parse_option(argv=None):
 
 def main(argv=None):
     opt = parse_option(argv)
+    flags.check_probed_model(checkpoint_opt(opt.model_path), opt.model_path, INS_MODEL_NAMES, 'LinearProbing.py')
     rt = setup_runtime(opt)
     if opt.syncBN and not rt.distributed:
         rt.print('--syncBN has no effect in a single process (launch with torchrun --nproc_per_node N)')

@@ -10,7 +10,7 @@ import zipfile
 import torch
 
 from engine.errors import UserError
-from engine.lock import lock_folder
+from engine.lock import check_unlocked, lock_folder
 from engine.runtime import unwrap
 
 
@@ -143,12 +143,14 @@ def load_checkpoint(path, map_location='cpu', mmap=False):
         code = next((line for line in lines if 'GLOBAL' in line), None)   # a class or function the pickle would call
         if code is None:                 # e.g. "Unsupported operand": bytes that are no torch.save pickle at all
             detail = next((line for line in lines if 'Unsupported' in line), lines[0] if lines else '')
-            raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {detail}')
+            raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {detail}; give '
+                            f'another one (an earlier ckpt_epoch_N.pth of the run)')
         raise UserError(f'refusing to load {path}: it holds pickled objects that could run code ({code}); '
                         f'only tensors, plain containers and argparse.Namespace are accepted')
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {first}')
+        first = str(e).strip().splitlines()[0].split('. ')[0].rstrip('.') if str(e).strip() else type(e).__name__
+        raise UserError(f'{path} is not a readable checkpoint (truncated, or not a .pth file): {first}; give another '
+                        f'one (an earlier ckpt_epoch_N.pth of the run)')
     if not isinstance(ckpt, dict):
         raise UserError(f'{path} is not a checkpoint of this project or the reference (a {type(ckpt).__name__}, '
                         f'not a dict)')
@@ -192,15 +194,16 @@ def load_weights(module, state_dict, what, path, trained_with=None):
                         f'{"; " + lines[0].strip() if lines else ""}')
 
 
-def check_folder_writable(path):
-    """Refuse, before any work, a folder that cannot be created or written (a file in its way, no permission)."""
+def check_folder_writable(path, flag='the path'):
+    """Refuse, before any work, a folder that cannot be created or written (a file in its way, no permission);
+    ``flag``: the flag that chose it, for the message."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f'cannot write to {path}: {existing} is a file, not a folder; choose another path')
+        raise UserError(f'cannot write to {path}: {existing} is a file, not a folder; give {flag} another folder')
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f'cannot write to {path}: no write permission on {existing}; choose another path')
+        raise UserError(f'cannot write to {path}: no write permission on {existing}; give {flag} another folder')
 
 
 def make_folders(path):
@@ -237,15 +240,22 @@ class RunFolder:
         the checkpoint to resume from (or None, ``prepare``). Another run holding one of them, or any other refusal,
         is a UserError; the folders this made are then removed again and the locks released."""
         try:
-            for folder in dict.fromkeys(os.path.abspath(f) for f in (self.path, *also)):
-                check_folder_writable(folder)
+            for folder, flag in self._folders(also):
+                check_folder_writable(folder, flag)
                 self.made.append(make_folders(folder))
-                what = 'run folder' if folder == os.path.abspath(self.path) else 'TensorBoard folder'
-                self.locks.append(lock_folder(folder, what))
+                what = 'run folder' if flag == self.flag else 'TensorBoard folder'
+                self.locks.append(lock_folder(folder, what, flag))
             return self.prepare(opt, also)
         except BaseException:
             self.close(remove_empty=True)
             raise
+
+    def _folders(self, also):
+        """(folder, the flag that chose it) for the run folder and ``also`` (TensorBoard's: --tb_path), once each."""
+        folders = {os.path.abspath(self.path): self.flag}
+        for folder in also:
+            folders.setdefault(os.path.abspath(folder), '--tb_path')
+        return folders.items()
 
     def close(self, remove_empty=False):
         """Release the locks; with ``remove_empty`` (a run that failed before its first save) also remove the folders
@@ -267,19 +277,25 @@ class RunFolder:
         """The file ``--resume`` names: ``auto`` -> this folder's current.pth; '' -> None (not checked to exist)."""
         return os.path.join(self.path, 'current.pth') if resume == 'auto' else (resume or None)
 
-    def prepare(self, opt, also=()):
+    def prepare(self, opt, also=(), quiet=False, check=False):
         """Return the checkpoint to resume from (or None), after checking the folder (and ``also``) can be written.
 
-        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace.
+        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace. ``check``: also
+        refuse folders another run holds (``open`` takes the locks itself); ``quiet``: say nothing.
         """
-        for folder in (self.path, *also):
-            check_folder_writable(folder)
+        for folder, flag in self._folders(also):
+            check_folder_writable(folder, flag)
+            if check:
+                check_unlocked(folder, 'run folder' if flag == self.flag else 'TensorBoard folder', flag)
         resume = self.resume_file(opt.resume) or ''
         if opt.resume == 'auto':
             resume = resume if os.path.isfile(resume) else ''
-            if not resume:                     # the run name holds flags (lr, batch size...): a changed one is new
+            if not resume and not quiet:       # the run name holds flags (lr, batch size...): a changed one is new
                 print(f'--resume auto: no current.pth in {self.path}; starting a new run', flush=True)
         if resume:
+            if os.path.isdir(resume):
+                raise UserError(f'--resume {resume} is a folder: give the checkpoint file in it (current.pth or '
+                                f'ckpt_epoch_N.pth), or --resume auto')
             if not os.path.isfile(resume):
                 raise UserError(f'--resume {resume} does not exist (refusing to start from scratch; '
                                 f"drop --resume to start a new run, or use --resume auto)")

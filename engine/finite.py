@@ -6,10 +6,18 @@ import torch
 from engine.errors import UserError
 from engine.runtime import unwrap
 
-# What a diverged run most likely did, said by both stops (a non-finite loss, a non-finite state).
+# What a diverged run most likely did, said by both stops (a non-finite loss, a non-finite state): pretraining's
+# contrast (its temperature, NCE's exp) and the linear probe's classifier.
 LIKELY_CAUSES = ('Likely causes: a learning rate too high for this batch size, a temperature --nce_t so low that '
                  'exp(s/T) overflows, or --amp with the NCE loss (float16 overflows); try a lower --learning_rate, a '
                  'higher --nce_t or no --amp.')
+PROBE_CAUSES = ('Likely causes: a --learning_rate too high for these features (try a lower one, or --bn to '
+                'normalise them), or --amp (float16 overflows); try a lower --learning_rate, --bn or no --amp.')
+
+
+def likely_causes(opt):
+    """The likely causes for this script: pretraining has a temperature (--nce_t), the probes do not."""
+    return LIKELY_CAUSES if 'nce_t' in vars(opt) else PROBE_CAUSES
 
 
 def float_tensors(tree, prefix=''):

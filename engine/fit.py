@@ -14,7 +14,7 @@ import torch.distributed as dist
 from engine.checkpoint import load_checkpoint, load_weights, checkpoint_section, save_checkpoint, trained_model
 from engine.data import set_loader_epoch
 from engine.errors import TrainingStopped, UserError, dead_worker
-from engine.finite import LIKELY_CAUSES, describe, first_non_finite, refuse_non_finite, run_tensors
+from engine.finite import describe, first_non_finite, likely_causes, refuse_non_finite, run_tensors
 from engine.flags import describe_changes, flag_changes, opt_to_dict
 from engine.logger import TBLogger
 from engine.loop import train_epoch
@@ -53,6 +53,31 @@ class Logged:
 
     def __post_init__(self):
         self.evaluators = [e for e in self.evaluators if e is not None]     # None: an evaluator that is off
+
+
+def on_rank0(rt, work, default=None):
+    """``work()`` on the main process, its result given to every process (``default`` where it did not run). A
+    UserError it raises ends every process with that same line, said once, instead of leaving the others waiting in
+    the broadcast."""
+    result, failure = default, None
+    if rt.is_main:
+        try:
+            result = work()
+        except UserError as e:
+            failure = str(e)
+    if rt.distributed:
+        holder = [result, failure]
+        dist.broadcast_object_list(holder, src=0)
+        result, failure = holder
+    if failure is not None:
+        raise UserError(failure)
+    return result
+
+
+def check_run_folder(opt, rt, run, also=()):
+    """Refuse, before any work and writing nothing, a run folder this run cannot take (in the way, held by another
+    run, a --resume that is missing): the probes check before computing their features, not only when ``Fit`` starts."""
+    on_rank0(rt, lambda: run.prepare(opt, also, quiet=True, check=True))
 
 
 class Fit:
@@ -95,6 +120,7 @@ class Fit:
 
     def resume(self, path):
         ckpt = load_checkpoint(path)
+        self._check_kind(ckpt, path)
         self._check_flags(ckpt, path)
         refuse_non_finite(ckpt, path)
         for key, module in self.saved.modules.items():
@@ -117,6 +143,17 @@ class Fit:
         self.start_epoch = int(ckpt.get('epoch', 0)) + 1
         self.start_step = int(ckpt.get('resume_step', 0))
         self.rt.print(f"=> resumed from {path}: epoch {self.start_epoch}, step {self.start_step}")
+
+    def _check_kind(self, ckpt, path):
+        """Refuse a checkpoint of the other kind: a pretraining one given to a probe's --resume, or the reverse."""
+        probe = 'classifier' in self.saved.modules
+        if any(key in ckpt for key in self.saved.modules) or ('classifier' in ckpt) == probe:
+            return
+        if probe:
+            raise UserError(f'{path} is a pretraining checkpoint: give it to --model_path (the encoder to probe); '
+                            f'--resume takes a probe run\'s current.pth (under --save_path), or auto')
+        raise UserError(f'{path} is a linear probe\'s checkpoint: --resume takes a pretraining run\'s current.pth '
+                        f'(under --model_path), or auto; a probe resumes with its own script\'s --resume')
 
     def _check_flags(self, ckpt, path):
         """Refuse a resume whose flags contradict the checkpoint's state (one line listing each); note the rest."""
@@ -182,20 +219,8 @@ class Fit:
         """The checkpoint to resume from, as the main process found it (every process resumes from the same).
         A bad input the main process finds here (a missing --resume file, a run folder in the way) ends every
         process with the same UserError, printed once, instead of leaving the others in the broadcast."""
-        opt, rt = self.opt, self.rt
-        resume_path, failure = (opt.resume if opt.resume != 'auto' else ''), None
-        if rt.is_main:
-            try:
-                resume_path = self.run.open(opt, also=[self.tb.log_dir])
-            except UserError as e:
-                failure = str(e)
-        if rt.distributed:
-            holder = [resume_path, failure]
-            dist.broadcast_object_list(holder, src=0)
-            resume_path, failure = holder
-        if failure is not None:
-            raise UserError(failure)
-        return resume_path
+        default = self.opt.resume if self.opt.resume != 'auto' else ''
+        return on_rank0(self.rt, lambda: self.run.open(self.opt, also=[self.tb.log_dir]), default)
 
     def _is_writer(self):
         """Whether this process writes checkpoints: global rank 0 always; under torchrun also each node's first
@@ -285,15 +310,17 @@ class Fit:
 
     def resume_command(self, path):
         """The command that continues this run from the checkpoint ``path``."""
-        launcher = (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
-        return resume_command(self.argv, path, launcher)
+        return resume_command(self.argv, path, self.launcher())
+
+    def launcher(self):
+        return (f'torchrun --nproc_per_node {self.rt.world_size}' if self.rt.distributed else 'python').split()
 
     def _dead_worker(self, error):
         """The one line for a loader worker that a signal killed (the kernel's out-of-memory killer, mostly): what
         died, the likely cause, and the command that continues from the last checkpoint, which is left as it was."""
         current = os.path.join(self.run.path, 'current.pth')
         again = (f'resume with: {self.resume_command(current)}' if os.path.isfile(current) else
-                 f'nothing was saved yet: run {shlex.join(["python", *self.argv])} again')
+                 f'nothing was saved yet: run {shlex.join([*self.launcher(), *self.argv])} again')
         return (f'error: {dead_worker(error)}, most likely by the kernel\'s out-of-memory killer: lower --num_workers '
                 f'({self.opt.num_workers} now) or --batch_size ({self.opt.batch_size} now); the last checkpoint is '
                 f'left as it was; {again}')
@@ -306,7 +333,7 @@ class Fit:
         if votes.item():
             what = describe(*bad) if bad is not None else 'the state of another process'
             raise TrainingStopped(f'error: the state is not finite {when}: {what}; stopped without saving, the last '
-                                  f'checkpoint is kept as it was. {LIKELY_CAUSES}' if self.rt.is_main else '',
+                                  f'checkpoint is kept as it was. {likely_causes(self.opt)}' if self.rt.is_main else '',
                                   exit_code=3)
 
     def _report_skipped(self):

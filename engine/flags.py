@@ -199,8 +199,20 @@ def check_probe(opt):
     check_common(opt, needs=('data_folder', 'model_path', 'save_path', 'tb_path'))
     if opt.bn and opt.batch_size < 2:          # --bn: the probe's feature BatchNorm trains on each batch
         raise _batch_of_one(opt)
+    if os.path.isdir(opt.model_path):
+        raise UserError(f'--model_path {opt.model_path} is a folder: give the pretrained checkpoint file in it (its '
+                        f'run\'s current.pth or ckpt_epoch_N.pth); the probe\'s own output folder is --save_path')
     if not os.path.isfile(opt.model_path):
         raise UserError(f'--model_path {opt.model_path} does not exist: give the pretrained checkpoint (.pth) to probe')
+
+
+def check_probed_model(saved, path, choices, elsewhere):
+    """A UserError when the checkpoint to probe was trained with a --model of the other probe's family (a CMC
+    encoder given to eval_moco_ins.py, or the reverse): ``elsewhere`` names the script that probes it."""
+    model = saved.get('model')
+    if model is not None and model not in choices:
+        raise UserError(f'{path} holds a --model {model} encoder, which this script does not probe: probe it with '
+                        f'{elsewhere}')
 
 
 # Not compared on resume: how to resume, and names derived from the flags that are compared.

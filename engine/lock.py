@@ -7,9 +7,10 @@ import os
 from engine.errors import UserError
 
 
-def lock_folder(path, what):
+def lock_folder(path, what, flag='the run'):
     """Lock the folder ``path`` for this process; returns the open descriptor that holds the lock (close it to
-    release). Another process's lock is a UserError naming it (``what``: 'run folder', 'TensorBoard folder')."""
+    release). Another process's lock is a UserError naming it (``what``: 'run folder', 'TensorBoard folder';
+    ``flag``: the flag that chose the folder)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -17,8 +18,15 @@ def lock_folder(path, what):
         os.close(fd)
         raise UserError(f'{what} {path} is in use by {holder(path)}: two runs in one folder would overwrite each '
                         f'other\'s checkpoints; wait for that run to end (or stop it), or give this one another '
-                        f'folder') from None
+                        f'{flag}') from None
     return fd
+
+
+def check_unlocked(path, what, flag='the run'):
+    """Refuse, writing nothing, a folder another process holds (``lock_folder``'s error); a folder that does not
+    exist yet is free."""
+    if os.path.isdir(path):
+        os.close(lock_folder(path, what, flag))
 
 
 def holder(path):

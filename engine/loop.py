@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.errors import TrainingStopped
-from engine.finite import LIKELY_CAUSES
+from engine.finite import likely_causes
 from engine.logger import progress
 from engine.meters import AverageMeter, format_meters
 
@@ -76,7 +76,8 @@ def train_epoch(*, epoch, loader, stepper, optimizer, rt, opt, stop, fields, sta
     meters = {key: AverageMeter() for key, _ in fields}
     meters['BT'], meters['DT'] = AverageMeter(), AverageMeter()
     n_batches = loader.sampler.batches_per_epoch()
-    readings = Readings(fields, rt, epoch, n_batches, start_step, getattr(stepper.view, 'non_finite_hint', ''))
+    readings = Readings(fields, rt, epoch, n_batches, start_step,
+                        likely_causes(opt) + getattr(stepper.view, 'non_finite_hint', ''))
     step = start_step
     end = time.time()
     for batch in progress(loader, n_batches - start_step, f'epoch {epoch}', rt.is_main):
@@ -113,8 +114,8 @@ class Readings:
     any process stops all of them at the same read) and the metrics (averaged over processes).
     """
 
-    def __init__(self, fields, rt, epoch, n_batches, start_step, hint=''):
-        self.fields, self.rt, self.epoch, self.n_batches, self.hint = fields, rt, epoch, n_batches, hint
+    def __init__(self, fields, rt, epoch, n_batches, start_step, causes=''):
+        self.fields, self.rt, self.epoch, self.n_batches, self.causes = fields, rt, epoch, n_batches, causes
         self.pending, self.batch_sizes, self.first_step = [], [], start_step   # steps first_step + 1, ...
 
     def add(self, result, batch_size):
@@ -136,7 +137,7 @@ class Readings:
         for offset, row in enumerate(values[:n_steps]):
             if not math.isfinite(row[0]):     # every process sees the same sum: all stop here, one says why
                 raise TrainingStopped(non_finite_message(row[0], self.epoch, self.first_step + offset + 1,
-                                                         self.n_batches) + self.hint if self.rt.is_main else '',
+                                                         self.n_batches, self.causes) if self.rt.is_main else '',
                                       exit_code=3)
             for (key, _), value in zip(self.fields, row[1:]):
                 meters[key].update(value, self.batch_sizes[offset])
@@ -159,7 +160,7 @@ class Readings:
         return table, len(self.pending)
 
 
-def non_finite_message(value, epoch, step, n_batches):
-    """The one line a run stopped by a non-finite loss ends with."""
+def non_finite_message(value, epoch, step, n_batches, causes):
+    """The one line a run stopped by a non-finite loss ends with (``causes``: the script's likely causes)."""
     return (f'error: the loss is {value} at epoch {epoch}, step {step} of {n_batches}; stopped without '
-            f'saving, the last checkpoint is kept as it was. {LIKELY_CAUSES}')
+            f'saving, the last checkpoint is kept as it was. {causes}')

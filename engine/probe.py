@@ -11,7 +11,7 @@ import torch.nn as nn
 from engine.checkpoint import RunFolder, checkpoint_section, load_checkpoint, load_weights, trained_model
 from engine.data import eval_loader, make_loader
 from engine.finite import refuse_non_finite
-from engine.fit import Checkpointed, EpochReport, Fit, Logged
+from engine.fit import Checkpointed, EpochReport, Fit, Logged, check_run_folder
 from engine.loop import Stepper, StepResult
 from engine.meters import AverageMeter, accuracy, format_meters
 from engine.runtime import unwrap
@@ -198,8 +198,10 @@ def run_linear_probe(opt, rt, spec, argv):
     Returns the checkpointed values: best_acc1, best_acc5, last_acc1, last_acc5 (percent).
     """
     run = RunFolder(os.path.join(opt.save_path, opt.model_name), flag='--save_path')
+    tb_name = f'{opt.model_name}_layer{opt.layer}'
     frozen = FrozenEncoder(spec, opt, rt)
     train_set, val_set = spec.splits()
+    check_run_folder(opt, rt, run, also=[os.path.join(opt.tb_path, tb_name)])     # before the features are computed
     n_label = len(train_set.classes)
     val_loader = eval_loader(val_set, opt, rt, shard=True)     # each val image in exactly one process
     channels = frozen(next(iter(val_loader))[0][:2]).shape[1]
@@ -231,7 +233,7 @@ def run_linear_probe(opt, rt, spec, argv):
     validation = Validation(opt, rt, head, val_batches, len(val_loader), n_label, saved, paths)
     logged = Logged(fields=FIELDS, tags=[('acc1', 'train_acc'), ('acc5', 'train_acc5'), ('loss', 'train_loss'),
                                          ('learning_rate', 'learning_rate')],
-                    tb_name=f'{opt.model_name}_layer{opt.layer}', evaluators=[validation])
+                    tb_name=tb_name, evaluators=[validation])
     result = Fit(opt, rt, run, loader, saved, stepper, logged, argv)()
     rt.print(f"best Acc@1 {result['best_acc1']:.3f} (Acc@5 {result['best_acc5']:.3f})")
     return result

@@ -35,9 +35,10 @@ def build_dataset(name, data_folder, split, transform, two_crop=False, download=
         raise UserError(f"--data_folder is required for dataset {name!r}")
     data_folder = os.fspath(data_folder)
     if name == 'multiview_folder':
-        if two_crop:
-            raise UserError("--dataset multiview_folder is for CMC's views (train_CMC.py, LinearProbing.py), not "
-                            "two crops of one image")
+        if two_crop or not views:              # InsDis / MoCo and their probe read one RGB image per item
+            raise UserError("--dataset multiview_folder holds CMC's views (train_CMC.py, LinearProbing.py); this "
+                            "script reads one RGB image per item: use --dataset folder with a data folder of "
+                            "train/<class>/<image> (and val/)")
         return build_multiview_folder(data_folder, split, transform, views)
     if name in ('imagenet', 'imagenet100', 'folder'):
         return _build_image_folder(data_folder, split, transform, two_crop, skip_bad_images)

@@ -70,7 +70,11 @@ def read_pil_rgb(path):
     """The image file at path as an 8-bit PIL RGB image: torchvision's default loader, with high bit depths scaled
     (``eight_bit``) instead of clipped."""
     with open(path, 'rb') as handle:
-        return to_rgb(Image.open(handle))
+        try:
+            image = Image.open(handle)
+        except UnidentifiedImageError:        # PIL would name the file object: name the file
+            raise UnidentifiedImageError(f'cannot identify image file {path!r}') from None
+        return to_rgb(image)
 
 
 def read_rgb(path):

@@ -109,7 +109,7 @@ def read_cifar10(data_folder, train, download):
             with open(path, 'rb') as f:
                 return _ArrayUnpickler(f, encoding='latin1').load()
         except (pickle.UnpicklingError, EOFError, ValueError) as error:
-            raise UserError(f'{path} is not a CIFAR-10 batch ({error}); re-download it with --download') from None
+            raise UserError(f'{path} is not a CIFAR-10 batch ({error}); delete it and pass --download') from None
 
     entries = [load(name) for name in batches]
     images = np.concatenate([np.asarray(entry['data'], dtype=np.uint8) for entry in entries])
@@ -144,7 +144,7 @@ def read_fashion_mnist(data_folder, train, download):
     images, labels = read_idx(paths['images']), read_idx(paths['labels'])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f'Fashion-MNIST files in {os.path.dirname(paths["images"])} do not match '
-                        f'({images.shape} images, {labels.shape} labels); re-download them')
+                        f'({images.shape} images, {labels.shape} labels); delete them and pass --download')
     return images, labels.astype(np.int64), list(datasets.FashionMNIST.classes)
 
 
@@ -155,12 +155,13 @@ def read_idx(path):
         with opener(path, 'rb') as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise UserError(f'cannot read {path}: {e}; re-download it')
+        raise UserError(f'cannot read {path}: {e}; delete it and pass --download')
     if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
-        raise UserError(f'{path} is not an idx file of uint8 data')
+        raise UserError(f'{path} is not an idx file of uint8 data: delete it and pass --download')
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise UserError(f'{path} is truncated ({body.size} of {int(np.prod(dims))} values); re-download it')
+        raise UserError(f'{path} is truncated ({body.size} of {int(np.prod(dims))} values); delete it and pass '
+                        f'--download')
     return body.reshape(dims)

@@ -147,7 +147,8 @@ class ImageFolderInstance(datasets.ImageFolder):
                 if path not in self.skipped_files:
                     self.skipped_files.add(path)
                     warnings.warn(f"skipping undecodable image {path} ({type(error).__name__}: {reason})")
-        raise UserError(f"none of the {len(self.samples)} images under {self.root} could be decoded")
+        raise UserError(f"none of the {len(self.samples)} images under {self.root} could be decoded: replace them "
+                        f"with readable .jpg/.png files")
 
     def image(self, index):
         """The untransformed RGB image of item ``index`` (PIL), as decoded from its file."""

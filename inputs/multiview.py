@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from engine.errors import UserError
+from engine.errors import MissingSplit, UserError, one_line
 from inputs.decode import DECODE_ERRORS, eight_bit, to_rgb
 from inputs.folders import class_map, is_hidden, visible
 from views.registry import RGB_FOLDER, find_view, register_file_view
@@ -132,7 +132,9 @@ class MultiviewFolder(Dataset):
                 with Image.open(path) as image:
                     arrays.append(_as_array(image))
             except DECODE_ERRORS as error:
-                raise UserError(f'cannot decode image {path} ({type(error).__name__}: {error})') from None
+                raise UserError(f'cannot decode image {path} ({type(error).__name__}: {one_line(error)}); delete or '
+                                f'replace it (--skip_bad_images does not apply to --dataset multiview_folder, whose '
+                                f'views of an instance go together)') from None
         if len({a.shape[:2] for a in arrays}) > 1:
             sizes = ', '.join(f'{path}: {a.shape[1]}x{a.shape[0]}' for path, a in zip(self.paths[index], arrays))
             raise UserError(f'the views of instance {self.keys[index]} differ in size ({sizes}); store every view at '
@@ -163,4 +165,8 @@ def build_multiview_folder(data_folder, split, transform, views):
     if not data_folder or not os.path.isdir(data_folder):
         raise UserError(f'data folder {data_folder} does not exist: expected {data_folder}/train/<view>/<class>/<file>'
                         f' (and /val)')
-    return MultiviewFolder(os.path.join(data_folder, 'val' if split == 'val' else 'train'), views, transform)
+    root = os.path.join(data_folder, 'val' if split == 'val' else 'train')
+    if not os.path.isdir(root):              # no val: the kNN monitor goes without it, as for an image folder
+        raise MissingSplit(f"data folder {data_folder} has no '{os.path.basename(root)}' sub-folder: expected "
+                           f"{root}/<view>/<class>/<file>")
+    return MultiviewFolder(root, views, transform)

@@ -86,16 +86,19 @@ def eval_splits(opt, say):
     return train_set, val_set
 
 
-def probe_splits(opt, say, train_transform, colour_views=None):
+def probe_splits(opt, say, train_transform, colour_views=None, colour_flag=None):
     """The linear probe's (train, val) splits: train at ``train_transform`` (or, with --cache_features, at the
     evaluation crop: the features are computed once), val at the evaluation crop, labels numbered as train's, sizes
-    checked against the flags; ``colour_views``: the views whose colour grayscale data would lack (CMC's)."""
+    checked against the flags; ``colour_views``: the probed views whose colour grayscale data would lack (CMC's),
+    named as ``colour_flag`` in the message."""
     train_set = build_split(opt, 'train', eval_transform(opt.image_size) if opt.cache_features else train_transform,
                             say=say)
     val_set = build_split(opt, 'val', eval_transform(opt.image_size), say=say)
     align_classes(train_set, val_set, say)
     check_sizes(opt, len(train_set))
     if colour_views:
-        check_colour(train_set, colour_views, say, advice='a CMC encoder is probed on colour data')
+        check_colour(train_set, colour_views, say, flag=colour_flag,
+                     advice='probe it on a colour data set (--dataset, --data_folder), or probe only views without '
+                     'colour (--probe_views)')
     say(f'number of train: {len(train_set)}, number of val: {len(val_set)}, classes: {len(train_set.classes)}')
     return train_set, val_set

@@ -87,5 +87,6 @@ def restore_view_module(saved, override, where):
             return given, load_view_module(given)
         except ViewModuleNotFound:        # a module that is found but fails to import is reported as it is
             pass
-    raise UserError(f'{where} was trained with --view_module {given} ({absolute}), which is not found now; pass '
-                    f'--view_module PATH (the file that registers its views)')
+    raise UserError(f'{where} was trained with --view_module {given or absolute}'
+                    f'{f" ({absolute})" if given and absolute else ""}, which is not found now; pass --view_module '
+                    f'PATH (the file that registers its views)')

@@ -87,3 +87,12 @@ def test_resume_refuses_a_checkpoint_holding_non_finite_values(image_folder, div
         train_CMC.main(['--dataset', 'folder', '--data_folder', image_folder, '--model_path', str(root / 'm'),
                         '--tb_path', str(root / 'tb'), *TINY, '--batch_size', '8', '--epochs', '2', '--resume', bad])
     assert open(good, 'rb').read() == before
+
+
+def test_the_likely_causes_are_the_scripts_own():
+    """Pretraining has a temperature (--nce_t); the probes do not, and are told what they can change."""
+    from argparse import Namespace
+    from engine.finite import likely_causes
+    assert '--nce_t' in likely_causes(Namespace(nce_t=0.07, learning_rate=0.03))
+    probe = likely_causes(Namespace(learning_rate=0.1, bn=False))
+    assert '--nce_t' not in probe and 'NCE' not in probe and '--bn' in probe and '--learning_rate' in probe

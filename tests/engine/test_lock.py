@@ -53,7 +53,7 @@ def test_a_second_run_on_a_run_folder_stops_with_one_line_and_changes_nothing(tm
         assert message.startswith(f'run folder {os.path.abspath(run)} is in use by process {first.pid} (python ')
         assert 'train_CMC.py --dataset folder' in message and message.endswith(
             "two runs in one folder would overwrite each other's checkpoints; wait for that run to end (or stop it), "
-            "or give this one another folder")
+            "or give this one another --model_path")
         assert {**digests(run), **digests(tb)} == before            # the refused run wrote nothing
         first.send_signal(signal.SIGKILL)                          # no clean-up at all: the kernel drops the lock
         first.wait(timeout=60)

@@ -48,7 +48,7 @@ def run(losses, print_freq, stop_after=None, reads=None, view=lambda x: x):
     stepper = Stepper(method, view=view, set_lr=lambda *a: None)
     batches = [(torch.zeros(2, 1), torch.zeros(2), torch.full((2,), i)) for i in range(len(losses))]
     return train_epoch(epoch=1, loader=Loader(batches), stepper=stepper, optimizer=optimizer,
-                       rt=rt, opt=types.SimpleNamespace(print_freq=print_freq), stop=stop, fields=FIELDS)
+                       rt=rt, opt=types.SimpleNamespace(print_freq=print_freq, nce_t=0.07), stop=stop, fields=FIELDS)
 
 
 def test_meters_get_every_step_when_read_every_print_freq_steps():

@@ -230,3 +230,10 @@ def test_build_demo(tmp_path):
     with pytest.raises(UserError, match='objects.npz is not plain arrays'):
         dataset.build_dataset('demo', tmp_path / 'objects.npz', 'train', TO_TENSOR)
     assert dataset.DEMO_FILE == os.path.join(os.path.dirname(os.path.abspath(dataset.__file__)), 'data', 'emoji64.npz')
+
+
+def test_a_multiview_folder_for_a_script_without_views_is_one_line(tmp_path):
+    """train_moco_ins.py and eval_moco_ins.py read one RGB image per item: no views to read from a multiview folder."""
+    for two_crop in (False, True):
+        with pytest.raises(UserError, match="--dataset multiview_folder holds CMC's views .* use --dataset folder"):
+            dataset.build_dataset('multiview_folder', str(tmp_path), 'train', None, two_crop=two_crop, views=None)

@@ -354,3 +354,14 @@ def test_hidden_entries_are_neither_classes_nor_images_and_are_said_once(tmp_pat
     ckpt = checkpoint.load_checkpoint(glob.glob(str(tmp_path / 'models' / '*' / 'current.pth'))[0])
     assert ckpt['contrast']['memory_l'].shape[0] == 24            # 4 classes x 6 images, nothing hidden among them
     assert 'kNN (k=200, t=0.07) top-1 on val' in out               # val's hidden folder is no 5th class either
+
+
+def test_the_probe_refuses_grayscale_data_only_for_the_views_it_probes(tmp_path, random_encoder):
+    data = grey_folder(tmp_path / 'data', 'L')
+    with pytest.raises(UserError) as error:
+        LinearProbing.main(probe(tmp_path, data, random_encoder))
+    assert str(error.value) == (f'--probe_views L ab (of {random_encoder}) needs colour images, but all 24 images '
+                                f'sampled from the training set are grayscale (equal R, G and B), so its ab view '
+                                f'would be constant; probe it on a colour data set (--dataset, --data_folder), or '
+                                f'probe only views without colour (--probe_views)')
+    assert LinearProbing.main(probe(tmp_path, data, random_encoder, '--probe_views', 'L'))['best_acc1'] >= 0

@@ -212,3 +212,12 @@ def test_multiview_folder_skips_hidden_entries(tmp_path):
     assert len(dataset) == 12 and dataset.classes == ['c0', 'c1', 'c2']     # as without them
     assert sorted(os.path.relpath(p, os.path.join(data, 'train')) for p in dataset.hidden_entries) == [
         'depth/.ipynb_checkpoints', 'depth/c0/._0.png', 'rgb/.ipynb_checkpoints', 'rgb/c0/._0.png']
+
+
+def test_a_multiview_folder_without_val_trains_with_the_knn_monitor_off(tmp_path, capsys):
+    data = make_multiview_folder(tmp_path / 'nyu')
+    import shutil
+    shutil.rmtree(os.path.join(data, 'val'))
+    _, ckpt = train(tmp_path, data, '--views', 'L', 'depth', '--batch_size', '4', '--nce_k', '4',
+                    dataset='multiview_folder')
+    assert 'kNN monitor off: no labelled train/val split found' in capsys.readouterr().out and ckpt['epoch'] == 1
