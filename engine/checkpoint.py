@@ -10,7 +10,7 @@ import zipfile
 import torch
 
 from engine.errors import UserError
-from engine.lock import check_unlocked, lock_folder
+from engine.lock import lock_folder, unlock
 from engine.runtime import unwrap
 
 
@@ -235,17 +235,20 @@ class RunFolder:
         self.path, self.flag = path, flag
         self.made, self.locks = [], []          # the folders open() made (one chain per folder), the locks it holds
 
-    def open(self, opt, also=()):
+    def open(self, opt, also=(), quiet=False):
         """Make the run folder (and the folders ``also``: TensorBoard's) and lock each for this process, then return
         the checkpoint to resume from (or None, ``prepare``). Another run holding one of them, or any other refusal,
-        is a UserError; the folders this made are then removed again and the locks released."""
+        is a UserError; the folders this made are then removed again and the locks released. Opened again (the
+        probes open it before computing their features, then ``Fit``), it only resolves the resume."""
+        if self.locks:
+            return self.prepare(opt, also, quiet)
         try:
             for folder, flag in self._folders(also):
                 check_folder_writable(folder, flag)
                 self.made.append(make_folders(folder))
                 what = 'run folder' if flag == self.flag else 'TensorBoard folder'
                 self.locks.append(lock_folder(folder, what, flag))
-            return self.prepare(opt, also)
+            return self.prepare(opt, also, quiet)
         except BaseException:
             self.close(remove_empty=True)
             raise
@@ -261,7 +264,7 @@ class RunFolder:
         """Release the locks; with ``remove_empty`` (a run that failed before its first save) also remove the folders
         ``open`` made while they hold nothing."""
         for fd in self.locks:
-            os.close(fd)
+            unlock(fd)
         self.locks = []
         if remove_empty:
             for chain in self.made:
@@ -277,16 +280,14 @@ class RunFolder:
         """The file ``--resume`` names: ``auto`` -> this folder's current.pth; '' -> None (not checked to exist)."""
         return os.path.join(self.path, 'current.pth') if resume == 'auto' else (resume or None)
 
-    def prepare(self, opt, also=(), quiet=False, check=False):
+    def prepare(self, opt, also=(), quiet=False):
         """Return the checkpoint to resume from (or None), after checking the folder (and ``also``) can be written.
 
-        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace. ``check``: also
-        refuse folders another run holds (``open`` takes the locks itself); ``quiet``: say nothing.
+        Writes nothing: a run refused later (a checkpoint that does not fit) must leave no trace. ``quiet``: say
+        nothing.
         """
         for folder, flag in self._folders(also):
             check_folder_writable(folder, flag)
-            if check:
-                check_unlocked(folder, 'run folder' if flag == self.flag else 'TensorBoard folder', flag)
         resume = self.resume_file(opt.resume) or ''
         if opt.resume == 'auto':
             resume = resume if os.path.isfile(resume) else ''

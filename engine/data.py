@@ -138,7 +138,7 @@ def eval_loader(dataset, opt, rt=None, shard=False):
 def check_sizes(opt, n_data, what='the training set', nce_k=None):
     """Refuse, before any work, a data set too small for --batch_size (or for --nce_k negatives)."""
     if n_data == 0:
-        raise UserError(f'{what} is empty')
+        raise UserError(f'{what} is empty: check --data_folder and --dataset')
     if opt.batch_size > n_data:
         raise UserError(f'--batch_size {opt.batch_size} is larger than {what} ({n_data} images); lower it')
     if nce_k is not None and nce_k >= n_data:

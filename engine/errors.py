@@ -37,6 +37,10 @@ def run_main(main, argv=None):
         if str(e):                                      # '' in the processes that leave the saying to another
             say_once(str(e))
         code = e.exit_code
+    except KeyboardInterrupt as e:          # Ctrl-C outside the epochs (set-up, the probe's features), or twice in them
+        say_once('stopped by Ctrl-C (SIGINT); nothing was saved since the last checkpoint')
+        code = 130
+        release_frames(e)
     except RuntimeError as e:
         if dead_worker(e) is not None:                  # outside the epochs (the probe's feature cache): no checkpoint
             say_once(f'error: {dead_worker(e)}, most likely by the kernel\'s out-of-memory killer: lower '

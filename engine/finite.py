@@ -90,5 +90,6 @@ def refuse_non_finite(ckpt, path):
     """UserError naming the first non-finite tensor of a loaded checkpoint (a run that diverged wrote it)."""
     bad = first_non_finite(float_tensors(ckpt))
     if bad is not None:
+        again = 'probe again' if 'classifier' in ckpt else 'pretrain again'
         raise UserError(f'{path} holds non-finite values: {describe(*bad)}; the run that wrote it had diverged: use '
-                        f'an earlier checkpoint of it (ckpt_epoch_N.pth), or train again with a lower --learning_rate')
+                        f'an earlier checkpoint of it (ckpt_epoch_N.pth), or {again} with a lower --learning_rate')

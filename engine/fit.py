@@ -74,12 +74,6 @@ def on_rank0(rt, work, default=None):
     return result
 
 
-def check_run_folder(opt, rt, run, also=()):
-    """Refuse, before any work and writing nothing, a run folder this run cannot take (in the way, held by another
-    run, a --resume that is missing): the probes check before computing their features, not only when ``Fit`` starts."""
-    on_rank0(rt, lambda: run.prepare(opt, also, quiet=True, check=True))
-
-
 class Fit:
     """The epoch-level driver shared by the four scripts: resume, epochs, TensorBoard, checkpoints, signals.
 
@@ -94,6 +88,7 @@ class Fit:
         self.tb = TBLogger(os.path.join(opt.tb_path, logged.tb_name), enabled=rt.is_main)
         self.start_epoch, self.start_step = 1, 0
         self.writer = rt.is_main        # which processes save (decided per run by _is_writer)
+        self.saved_once = False         # whether this run wrote a checkpoint yet
 
     def rng_states(self):
         """Every process's RNG states, in rank order. A collective in a multi-process run: all processes call it."""
@@ -130,7 +125,8 @@ class Fit:
             try:
                 self.saved.optimizer.load_state_dict(ckpt['optimizer'])
             except (ValueError, KeyError) as e:
-                raise UserError(f'{path}: the optimizer state does not fit this run ({e}); was it another script?')
+                raise UserError(f'{path}: the optimizer state does not fit this run ({e}); resume it with the script '
+                                f'and flags that wrote it, or start a new run in another {self.run.flag}')
         self._resume_scaler(ckpt, path)
         per_process = ckpt.get('rng_per_process')
         if per_process is not None and len(per_process) == self.rt.world_size:
@@ -145,8 +141,14 @@ class Fit:
         self.rt.print(f"=> resumed from {path}: epoch {self.start_epoch}, step {self.start_step}")
 
     def _check_kind(self, ckpt, path):
-        """Refuse a checkpoint of the other kind: a pretraining one given to a probe's --resume, or the reverse."""
+        """Refuse a checkpoint of the other kind: a pretraining one given to a probe's --resume, or the reverse, or
+        one of the other pretraining script (CMC's flags have --view, InsDis / MoCo's --moco)."""
         probe = 'classifier' in self.saved.modules
+        saved = ckpt.get('opt') if isinstance(ckpt.get('opt'), dict) else {}
+        for flag, script in (('moco', 'train_moco_ins.py'), ('view', 'train_CMC.py')):
+            if not probe and flag in saved and flag not in vars(self.opt):
+                raise UserError(f'{path} was written by {script}: resume it with {script} (--resume takes a run of '
+                                f'this script)')
         if any(key in ckpt for key in self.saved.modules) or ('classifier' in ckpt) == probe:
             return
         if probe:
@@ -204,12 +206,16 @@ class Fit:
                 for epoch in range(self.start_epoch, self.opt.epochs + 1):
                     self._epoch(epoch, stop)
         except RuntimeError as error:              # raised wherever the main process was when its worker died
+            if not self.saved_once:
+                self.tb.discard()
             self.run.close(remove_empty=True)
             if dead_worker(error) is None:
                 raise
             raise TrainingStopped(self._dead_worker(error) if self.rt.is_main else '', exit_code=1) from None
         except BaseException:
-            self.run.close(remove_empty=True)   # a run that failed before its first save leaves no empty folder
+            if not self.saved_once:             # a run that failed before its first save leaves no events behind
+                self.tb.discard()
+            self.run.close(remove_empty=True)   # ... and no empty folder
             raise
         self.run.close()
         self.tb.close()
@@ -267,13 +273,20 @@ class Fit:
         self._report_skipped()
         self.start_step = 0
         self.rt.print(f'epoch {epoch}, total time {time.time() - t0:.2f}')
+        self.rt.broadcast_norm_buffers(*self.saved.modules.values())   # evaluate and save rank 0's model
+        self._check_state(f'after epoch {epoch}')                     # before anything of the epoch is written
         for key, tag in self.logged.tags:
             value = self.saved.optimizer.param_groups[0]['lr'] if key == 'learning_rate' else meters[key].avg
             self.tb.log_value(tag, value, epoch)
-        self.rt.broadcast_norm_buffers(*self.saved.modules.values())   # evaluate and save rank 0's model
-        self._check_state(f'after epoch {epoch}')
-        for evaluate in self.logged.evaluators:
-            self._take(evaluate(epoch, meters), epoch)
+        try:
+            for evaluate in self.logged.evaluators:
+                self._take(evaluate(epoch, meters), epoch)
+        except RuntimeError as error:
+            if dead_worker(error) is None or self.rt.distributed:
+                raise
+            self.run.save(self.state(epoch, 0), epoch, self.opt.save_freq)      # the epoch trained is not lost
+            self.saved_once = True
+            raise
         rngs = self.rng_states()
         self._save_everywhere(lambda: self.run.save(self.state(epoch, 0, rngs), epoch, self.opt.save_freq))
         self.tb.flush()
@@ -297,10 +310,12 @@ class Fit:
         if self.writer:
             try:
                 save()
+                self.saved_once = True
             except UserError as e:
                 failure = str(e)
             except OSError as e:                  # not a full disk (that is a UserError): a permission, a lost mount
-                failure = f'could not save a checkpoint in {self.run.path}: {e}'
+                failure = (f'could not save a checkpoint in {self.run.path}: {e}; make the folder writable (or give '
+                           f'{self.run.flag} another one), then resume with --resume auto')
         if self.rt.distributed:
             failures = [None] * self.rt.world_size
             dist.all_gather_object(failures, failure)
@@ -322,8 +337,8 @@ class Fit:
         again = (f'resume with: {self.resume_command(current)}' if os.path.isfile(current) else
                  f'nothing was saved yet: run {shlex.join([*self.launcher(), *self.argv])} again')
         return (f'error: {dead_worker(error)}, most likely by the kernel\'s out-of-memory killer: lower --num_workers '
-                f'({self.opt.num_workers} now) or --batch_size ({self.opt.batch_size} now); the last checkpoint is '
-                f'left as it was; {again}')
+                f'({self.opt.num_workers} now) or --batch_size ({self.opt.batch_size} now); the checkpoints written '
+                f'are intact; {again}')
 
     def _check_state(self, when):
         """Stop, as a non-finite loss does and before anything is saved, when any tensor of the state (parameters,

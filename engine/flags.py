@@ -4,7 +4,7 @@ import math
 import os
 import sys
 
-from engine.errors import UserError
+from engine.errors import UserError, say_once
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -12,7 +12,7 @@ class ArgumentParser(argparse.ArgumentParser):
     ``error: ...`` and exit status 2, without the usage block (``--help`` still prints it)."""
 
     def error(self, message):
-        print(f'error: {message} (see --help)', file=sys.stderr)
+        say_once(f'error: {message} (see --help)')            # under torchrun every process parses the same flags
         sys.exit(2)
 
 
@@ -129,6 +129,12 @@ def parse_epochs(text):
         raise UserError(f'--lr_decay_epochs must be comma-separated integers, got {text!r}')
 
 
+# Values the optimiser flags can take (a weight decay above 1 only ever diverges).
+OPTIMISER_BOUNDS = {'weight_decay': (lambda v: 0 <= v <= 1, '[0, 1]'),
+                    'lr_decay_rate': (lambda v: 0 < v <= 1, '(0, 1]'),
+                    'momentum': (lambda v: 0 <= v < 1, '[0, 1)')}
+
+
 def check_common(opt, *, needs=('data_folder', 'tb_path')):
     """Validate flags shared by all scripts; raise UserError with one clear line."""
     if isinstance(opt.lr_decay_epochs, str):
@@ -149,8 +155,9 @@ def check_common(opt, *, needs=('data_folder', 'tb_path')):
     for name in ('crop', 'crop_low'):
         if name in given and not 0 < given[name] <= 1:
             raise UserError(f'--{name} must be in (0, 1], got {given[name]}')
-    if opt.weight_decay < 0 or not 0 < opt.lr_decay_rate <= 1 or not 0 <= opt.momentum < 1:
-        raise UserError('need --weight_decay >= 0, 0 < --lr_decay_rate <= 1 and 0 <= --momentum < 1')
+    for name, (fits, bounds) in OPTIMISER_BOUNDS.items():
+        if not (math.isfinite(given[name]) and fits(given[name])):      # nan and inf pass a plain comparison
+            raise UserError(f'--{name} must be in {bounds}, got {given[name]}')
     if opt.image_size < 32:
         raise UserError(f'--image_size must be at least 32 (64 or more recommended), got {opt.image_size}')
     if opt.model == 'alexnet' and opt.image_size < 64:

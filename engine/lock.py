@@ -1,10 +1,27 @@
 """One writer per run folder: a run holds an OS lock (``flock``) on its folders while it runs, so the same flags
 started twice do not overwrite each other's checkpoints and TensorBoard events. The kernel drops the lock with the
-process, however it ends (SIGKILL included): there is no stale lock to clean up."""
+process, however it ends (SIGKILL included): there is no stale lock to clean up. A flock belongs to the open file,
+which a fork shares: forked children (the loader workers) close their copies at once, or a SIGKILLed run's orphaned
+workers would hold its folder until they notice (seconds later)."""
 import fcntl
 import os
 
 from engine.errors import UserError
+
+_HELD = set()                   # the descriptors that hold this process's locks
+
+
+def _close_in_child():
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_folder(path, what, flag='the run'):
@@ -16,17 +33,17 @@ def lock_folder(path, what, flag='the run'):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f'{what} {path} is in use by {holder(path)}: two runs in one folder would overwrite each '
-                        f'other\'s checkpoints; wait for that run to end (or stop it), or give this one another '
-                        f'{flag}') from None
+        clash = 'mix their events' if what.startswith('TensorBoard') else 'overwrite each other\'s checkpoints'
+        raise UserError(f'{what} {path} is in use by {holder(path)}: two runs in one folder would {clash}; wait for '
+                        f'that run to end (or stop it), or give this one another {flag}') from None
+    _HELD.add(fd)
     return fd
 
 
-def check_unlocked(path, what, flag='the run'):
-    """Refuse, writing nothing, a folder another process holds (``lock_folder``'s error); a folder that does not
-    exist yet is free."""
-    if os.path.isdir(path):
-        os.close(lock_folder(path, what, flag))
+def unlock(fd):
+    """Release a lock ``lock_folder`` took."""
+    _HELD.discard(fd)
+    os.close(fd)
 
 
 def holder(path):

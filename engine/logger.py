@@ -16,11 +16,13 @@ class TBLogger:
 
     def __init__(self, log_dir, enabled=True):
         self.log_dir, self.enabled, self.writer = log_dir, enabled, None
+        self.before = None                      # the folder's files before this run's event file
 
     def log_value(self, tag, value, step):
         if self.enabled and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             os.makedirs(self.log_dir, exist_ok=True)
+            self.before = set(os.listdir(self.log_dir))
             _quiet_no_room_in_threads()
             self.writer = SummaryWriter(log_dir=self.log_dir)
         if self.writer is not None:
@@ -34,6 +36,15 @@ class TBLogger:
         if self.writer is not None:
             self._guard(self.writer.close)
         self.enabled, self.writer = False, None
+
+    def discard(self):
+        """Close and remove the event file this logger wrote: a run that fails before its first checkpoint leaves
+        no events a rerun would add to (the rerun's would follow them in the same folder)."""
+        writer, before = self.writer, self.before
+        self.close()
+        if writer is not None and before is not None and os.path.isdir(self.log_dir):
+            for name in set(os.listdir(self.log_dir)) - before:
+                os.remove(os.path.join(self.log_dir, name))
 
     def _guard(self, action):
         """A full disk under the event file ends as one UserError (and the logger stops trying)."""

@@ -11,7 +11,7 @@ import torch.nn as nn
 from engine.checkpoint import RunFolder, checkpoint_section, load_checkpoint, load_weights, trained_model
 from engine.data import eval_loader, make_loader
 from engine.finite import refuse_non_finite
-from engine.fit import Checkpointed, EpochReport, Fit, Logged, check_run_folder
+from engine.fit import Checkpointed, EpochReport, Fit, Logged, on_rank0
 from engine.loop import Stepper, StepResult
 from engine.meters import AverageMeter, accuracy, format_meters
 from engine.runtime import unwrap
@@ -201,7 +201,18 @@ def run_linear_probe(opt, rt, spec, argv):
     tb_name = f'{opt.model_name}_layer{opt.layer}'
     frozen = FrozenEncoder(spec, opt, rt)
     train_set, val_set = spec.splits()
-    check_run_folder(opt, rt, run, also=[os.path.join(opt.tb_path, tb_name)])     # before the features are computed
+    # The run folder is taken (locked) before the features are computed: a refusal costs nothing, and two probes
+    # started together do not both compute them. Fit opens it again; until then a failure releases it.
+    on_rank0(rt, lambda: run.open(opt, also=[os.path.join(opt.tb_path, tb_name)], quiet=True))
+    try:
+        return _fit_probe(opt, rt, spec, argv, run, frozen, train_set, val_set, tb_name)
+    except BaseException:
+        run.close(remove_empty=True)
+        raise
+
+
+def _fit_probe(opt, rt, spec, argv, run, frozen, train_set, val_set, tb_name):
+    """The probe's head, its data (cached features or images) and ``Fit``, in a run folder already open."""
     n_label = len(train_set.classes)
     val_loader = eval_loader(val_set, opt, rt, shard=True)     # each val image in exactly one process
     channels = frozen(next(iter(val_loader))[0][:2]).shape[1]

@@ -40,18 +40,21 @@ SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 def eight_bit(image):
     """A PIL image of more than 8 bits per channel as an 8-bit grayscale ('L') image, scaled, never clipped (PIL's
     own ``convert`` clips everything above 255): 16-bit values (modes I;16*, and I when its values fit in 16 bits, as
-    Pillow opens some 16-bit PNGs) become x / 257, rounded (65535 -> 255); float values (mode F) in [0, 1] become
-    x * 255, in [0, 255] stay as they are. Every other mode is returned as it is (16-bit RGB PNGs Pillow already reads
-    as 8-bit RGB). A float or 32-bit image outside those ranges has no 8-bit scale: ValueError (a ``DECODE_ERRORS``,
-    so the loader names the file)."""
+    Pillow opens some 16-bit PNGs) become x / 257, rounded (65535 -> 255): intensities such as depth or microscopy,
+    not label maps (store those as 8-bit images). Float values (mode F) in [0, 1] become x * 255; whole numbers in
+    [0, 255] stay as they are (an 8-bit image stored as float). Every other float image has no scale that is not a
+    guess: ValueError (a ``DECODE_ERRORS``, so the loader names the file), as for a 32-bit image beyond 16 bits.
+    Every other mode is returned as it is (16-bit RGB PNGs Pillow reads by their high byte, x >> 8, within one level
+    of x / 257)."""
     if image.mode not in SIXTEEN_BIT_MODES + ('I', 'F'):
         return image
     pixels = np.asarray(image, dtype=np.float64)
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if image.mode == 'F':
-        if not 0 <= low <= high <= 255:
-            raise ValueError(f'a float image (mode F) with values in [{low:g}, {high:g}]: no 8-bit scale fits it; '
-                             f'save it with values in [0, 1] or [0, 255], or as an 8- or 16-bit image')
+        whole = bool(np.all(pixels == np.round(pixels)))
+        if not (0 <= low <= high <= 1 or (0 <= low <= high <= 255 and whole)):
+            raise ValueError(f'a float image (mode F) with values in [{low:g}, {high:g}]: only [0, 1], or whole '
+                             f'numbers in [0, 255], have a scale to 8 bits; save it so, or as an 8- or 16-bit image')
         scaled = pixels * 255 if high <= 1 else pixels
     else:
         if not 0 <= low <= high <= 65535:

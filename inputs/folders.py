@@ -98,13 +98,17 @@ class ImageFolderInstance(datasets.ImageFolder):
         return classes, {name: i for i, name in enumerate(classes)}
 
     def _is_image(self, path):
-        """An image file (torchvision's extensions), not hidden and in no hidden folder below its class folder."""
+        """An image file (torchvision's extensions), not hidden and in no hidden folder below its class folder; the
+        hidden entry it is in (the file, or its first hidden folder) is noted once in ``hidden_entries``."""
         if not path.lower().endswith(datasets.folder.IMG_EXTENSIONS):
             return False
-        hidden = any(is_hidden(part) for part in os.path.relpath(path, self.root).split(os.sep)[1:])
-        if hidden:
-            self.hidden_entries.append(path)
-        return not hidden
+        parts = os.path.relpath(path, self.root).split(os.sep)
+        first = next((i for i, part in enumerate(parts) if i and is_hidden(part)), None)
+        if first is not None:
+            entry = os.path.join(self.root, *parts[:first + 1])
+            if entry not in self.hidden_entries:
+                self.hidden_entries.append(entry)
+        return first is None
 
     def _no_images(self, root):
         """The one line for torchvision's FileNotFoundError: no class folder at all, or class folders without images

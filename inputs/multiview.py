@@ -55,6 +55,9 @@ def _scan(folder, hidden):
                 continue
             if is_hidden(name):
                 hidden.append(os.path.join(class_dir, name))
+            elif f'{class_name}/{stem}' in found:        # 0.png beside 0.jpg: which one is the instance's view?
+                raise UserError(f'{found[f"{class_name}/{stem}"]} and {os.path.join(class_dir, name)} are the same '
+                                f'instance of {os.path.basename(folder)}: keep one file per name in a view folder')
             else:
                 found[f'{class_name}/{stem}'] = os.path.join(class_dir, name)
     return found
@@ -116,7 +119,8 @@ class MultiviewFolder(Dataset):
         self.classes = sorted({key.split('/')[0] for key in self.keys})
         self.targets = [self.classes.index(key.split('/')[0]) for key in self.keys]
         self.transform = tensor_transform(transform)
-        self.file_channels = {folder: self._load(0)[i].shape[2] for i, folder in enumerate(self.folders)
+        self.channels = [array.shape[2] for array in self._load(0)]          # per folder, as instance 0's
+        self.file_channels = {folder: channels for folder, channels in zip(self.folders, self.channels)
                               if folder != RGB_FOLDER}
         for view, channels in self.file_channels.items():
             register_file_view(view, channels, root)
@@ -139,6 +143,12 @@ class MultiviewFolder(Dataset):
             sizes = ', '.join(f'{path}: {a.shape[1]}x{a.shape[0]}' for path, a in zip(self.paths[index], arrays))
             raise UserError(f'the views of instance {self.keys[index]} differ in size ({sizes}); store every view at '
                             f'the same resolution')
+        expected = getattr(self, 'channels', None)          # set from instance 0 once it is read
+        for i, (path, array) in enumerate(zip(self.paths[index], arrays)):
+            if expected is not None and array.shape[2] != expected[i]:
+                raise UserError(f'{path} has {array.shape[2]} channel(s) where {self.paths[0][i]} has {expected[i]}: '
+                                f'store every file of the view folder {self.folders[i]!r} with the same channels (1 '
+                                f'for a grey image, 3 for RGB)')
         return arrays
 
     def image(self, index):

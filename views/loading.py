@@ -1,6 +1,5 @@
 """``--view_module``: import the user's module of views (which calls ``views.register_view`` at its top level), and
 find it again for a checkpoint that was trained with it (``LinearProbing.py``, ``--resume``)."""
-import importlib
 import importlib.util
 import os
 import sys

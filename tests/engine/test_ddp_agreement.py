@@ -51,7 +51,8 @@ def _save_case(rank, rt):
     results = []
     for save in (full_disk, no_permission):
         try:
-            Fit._save_everywhere(SimpleNamespace(writer=rank == 0, rt=rt, run=SimpleNamespace(path='/runs/r')), save)
+            fit = SimpleNamespace(writer=rank == 0, rt=rt, run=SimpleNamespace(path='/runs/r', flag='--model_path'))
+            Fit._save_everywhere(fit, save)
             results.append('returned')
         except UserError as e:
             results.append(str(e))
@@ -93,7 +94,8 @@ def test_a_signal_on_one_process_stops_both_after_the_next_step(two_processes):
 
 def test_a_failed_save_on_the_writer_ends_every_process_with_its_line(two_processes):
     expected = ['could not write current.pth: No space left on device',
-                'could not save a checkpoint in /runs/r: [Errno 13] Permission denied']
+                'could not save a checkpoint in /runs/r: [Errno 13] Permission denied; make the folder writable (or '
+                'give --model_path another one), then resume with --resume auto']
     assert [r['save'] for r in two_processes] == [expected] * 2
 
 

@@ -76,7 +76,7 @@ def test_the_probe_refuses_a_checkpoint_holding_non_finite_values(tmp_path, imag
                             '--num_workers', '0', '--device', 'cpu', '--model', 'resnet18v1', '--epochs', '1'])
     assert str(error.value) == (f'{bad} holds non-finite values: model.encoder.ab_to_l.layer2.0.bn2.running_var (1 NaN '
                                 f'of 64 values); the run that wrote it had diverged: use an earlier checkpoint of it '
-                                f'(ckpt_epoch_N.pth), or train again with a lower --learning_rate')
+                                f'(ckpt_epoch_N.pth), or pretrain again with a lower --learning_rate')
     assert not os.path.exists(tmp_path / 'p')
 
 

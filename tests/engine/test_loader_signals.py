@@ -129,6 +129,6 @@ def test_a_worker_killed_by_a_signal_is_one_line_with_the_resume_command(tmp_pat
     assert run.returncode == 1 and time.time() - start < 30
     resume = ' '.join(['python', *argv, '--resume', current])
     assert err == (f'error: a data-loading worker (pid {worker}) was killed by signal SIGKILL, most likely by the '
-                   f"kernel's out-of-memory killer: lower --num_workers (2 now) or --batch_size (8 now); the last "
-                   f'checkpoint is left as it was; resume with: {resume}\n')
+                   f"kernel's out-of-memory killer: lower --num_workers (2 now) or --batch_size (8 now); the "
+                   f'checkpoints written are intact; resume with: {resume}\n')
     assert hashlib.sha256(open(current, 'rb').read()).hexdigest() == before

@@ -77,3 +77,48 @@ def test_the_tensorboard_folder_is_locked_too(tmp_path, image_folder):
     finally:
         os.close(fd)
     assert not os.path.exists(tmp_path / 'b')                       # the refused run left no folder behind
+
+
+def test_a_sigkilled_runs_loader_workers_do_not_keep_its_folder(tmp_path, image_folder):
+    """A flock belongs to the open file, which forked loader workers share: they close their copies, so the folder is
+    free the moment the run is killed, not when its orphaned workers notice (seconds later)."""
+    flags = ['--dataset', 'folder', '--data_folder', image_folder, '--model_path', str(tmp_path / 'models'),
+             '--tb_path', str(tmp_path / 'tb'), *TINY, '--num_workers', '2', '--epochs', '40', '--print_freq', '1']
+    run = subprocess.Popen([sys.executable, 'train_CMC.py', *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    try:
+        for line in run.stdout:                                    # its workers are up and reading
+            if line.startswith('Train: [2]'):
+                break
+        (folder,) = glob.glob(str(tmp_path / 'models' / '*'))
+        workers = subprocess.run(['pgrep', '-P', str(run.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) >= 2 and f'process {run.pid} ' in holder(folder) + ' '
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        assert holder(folder) == 'another process'                  # free at once, orphans or not
+        os.close(lock_folder(folder, 'run folder'))
+    finally:
+        run.kill()
+
+
+def test_a_probe_takes_its_run_folder_before_computing_features(tmp_path, image_folder, monkeypatch):
+    """Two probes started together must not both compute their features (hours on ImageNet) before one is refused."""
+    import LinearProbing
+    from engine import probe
+    train_CMC.main(['--dataset', 'folder', '--data_folder', image_folder, '--model_path', str(tmp_path / 'm'),
+                    '--tb_path', str(tmp_path / 'tb'), *TINY, '--epochs', '1'])
+    (ckpt,) = glob.glob(str(tmp_path / 'm' / '*' / 'current.pth'))
+    argv = ['--dataset', 'folder', '--data_folder', image_folder, '--model_path', ckpt, '--save_path',
+            str(tmp_path / 'probe'), '--tb_path', str(tmp_path / 'tb'), '--image_size', '64', '--num_workers', '0',
+            '--batch_size', '8', '--device', 'cpu', '--model', 'alexnet', '--layer', '5', '--epochs', '1',
+            '--cache_features']
+    run = os.path.join(tmp_path, 'probe', f'calibrated_{os.path.basename(os.path.dirname(ckpt))}_bsz_8_lr_0.1_decay_0')
+    os.makedirs(run)
+    fd = lock_folder(run, 'run folder')                             # the other probe, computing its features
+    monkeypatch.setattr(probe, '_features_and_targets', lambda *a, **k: pytest.fail('features computed'))
+    try:
+        with pytest.raises(UserError, match=f'run folder {run} is in use by process {os.getpid()} '):
+            LinearProbing.main(argv)
+    finally:
+        os.close(fd)
+    assert os.listdir(run) == [] and not os.path.exists(tmp_path / 'tb' / f'{os.path.basename(run)}_layer5')

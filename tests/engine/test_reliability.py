@@ -378,7 +378,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(ser
     result = server.run('train_moco_ins', argv + ['--epochs', '2', '--resume', 'auto'])
     assert (result.rc, result.err) == (2, f'error: {current} holds non-finite values: contrast.params (1 NaN of 1 '
                                           f'values); the run that wrote it had diverged: use an earlier checkpoint of '
-                                          f'it (ckpt_epoch_N.pth), or train again with a lower --learning_rate\n')
+                                          f'it (ckpt_epoch_N.pth), or pretrain again with a lower --learning_rate\n')
     assert tree_digest(str(tmp_path / 'models'), str(tmp_path / 'tb')) == before
 
 
@@ -492,6 +492,8 @@ def bad_input_cases(e):
                                                   r'another one \(an earlier ckpt_epoch_N.pth of the run\)$'),
         (*cmc('--resume', bad), rf'--resume {bad} is a folder: give the checkpoint file in it'),
         (*probe('--resume', pretrained), 'is a pretraining checkpoint: give it to --model_path'),
+        ('train_moco_ins', moco_argv(root, str(data), '--resume', str(pretrained)),
+         'was written by train_CMC.py: resume it with train_CMC.py'),
         (*probe(model_path=bad), rf'--model_path {bad} is a folder: give the pretrained checkpoint file in it'),
         (*cmc('--resume', pretrained, '--model', 'resnet50v1'),
          r'cannot resume .* with other values of flags that fix its state: --model resnet50v1 \(checkpoint: '

@@ -212,20 +212,23 @@ def test_16_bit_rgb_pngs_are_read_by_their_high_byte(tmp_path):
     assert np.array_equal(ours, rgb >> 8) and np.abs(ours - np.round(rgb / 257.0)).max() <= 1
 
 
-@pytest.mark.parametrize('values, expected', [((0.0, 0.5, 1.0), (0, 128, 255)), ((0.0, 100.4, 255.0), (0, 100, 255))])
-def test_float_images_in_0_1_or_0_255_are_scaled(tmp_path, values, expected):
+@pytest.mark.parametrize('values, expected', [((0.0, 0.5, 1.0), (0, 128, 255)), ((0.0, 100.0, 255.0), (0, 100, 255))])
+def test_float_images_in_0_1_or_whole_numbers_in_0_255_are_scaled(tmp_path, values, expected):
     path = str(tmp_path / 'f.tif')
     Image.fromarray(np.array([values], dtype=np.float32), mode='F').save(path)
     assert np.asarray(decode.read_pil_rgb(path))[0, :, 0].tolist() == list(expected)
 
 
-def test_float_images_out_of_range_are_named_not_clipped(tmp_path):
+@pytest.mark.parametrize('values', [(0.0, 1000.0), (0.5, 1.5)])
+def test_float_images_without_a_sure_scale_are_named_not_guessed(tmp_path, values):
+    """[0, 1.5] could be a [0, 1] image that overshoots or a dark [0, 255] one: a guess either way, so refused."""
     os.makedirs(tmp_path / 'train' / 'c0')
     path = str(tmp_path / 'train' / 'c0' / 'f.tif')
-    Image.fromarray(np.array([[0.0, 1000.0]], dtype=np.float32), mode='F').save(path)
+    Image.fromarray(np.array([values], dtype=np.float32), mode='F').save(path)
     data = dataset.ImageFolderInstance(tmp_path / 'train', transform=transforms.PILToTensor())
+    low, high = (f'{v:g}' for v in values)
     with pytest.raises(UserError, match=rf'cannot decode image {path} \(ValueError: a float image \(mode F\) with '
-                                        r'values in \[0, 1000\]: no 8-bit scale fits it'):
+                                        rf'values in \[{low}, {high}\]: only \[0, 1\], or whole numbers in \[0, 255\]'):
         data[0]
 
 

@@ -221,3 +221,17 @@ def test_a_multiview_folder_without_val_trains_with_the_knn_monitor_off(tmp_path
     _, ckpt = train(tmp_path, data, '--views', 'L', 'depth', '--batch_size', '4', '--nce_k', '4',
                     dataset='multiview_folder')
     assert 'kNN monitor off: no labelled train/val split found' in capsys.readouterr().out and ckpt['epoch'] == 1
+
+
+def test_a_view_file_with_other_channels_or_a_second_extension_is_one_line(tmp_path):
+    data = make_multiview_folder(tmp_path / 'nyu')
+    odd = os.path.join(data, 'train', 'depth', 'c1', '2.png')
+    Image.open(odd).convert('RGB').save(odd)                  # a depth map saved as RGB among grey ones
+    dataset = build_dataset('multiview_folder', data, 'train', None, views=['L', 'depth'])
+    first = os.path.join(data, 'train', 'depth', 'c0', '0.png')
+    with pytest.raises(errors.UserError, match=rf"{odd} has 3 channel\(s\) where {first} has 1: store every file of "
+                                               r"the view folder 'depth' with the same channels"):
+        dataset[dataset.keys.index('c1/2')]
+    Image.new('L', (72, 72)).save(os.path.join(data, 'train', 'depth', 'c0', '1.jpg'))
+    with pytest.raises(errors.UserError, match=r'c0/1.jpg and .*c0/1.png are the same instance of depth: keep one'):
+        build_dataset('multiview_folder', data, 'train', None, views=['L', 'depth'])
