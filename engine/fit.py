@@ -205,17 +205,13 @@ class Fit:
             with StopSignal() as stop:
                 for epoch in range(self.start_epoch, self.opt.epochs + 1):
                     self._epoch(epoch, stop)
-        except RuntimeError as error:              # raised wherever the main process was when its worker died
-            if not self.saved_once:
-                self.tb.discard()
-            self.run.close(remove_empty=True)
-            if dead_worker(error) is None:
-                raise
-            raise TrainingStopped(self._dead_worker(error) if self.rt.is_main else '', exit_code=1) from None
-        except BaseException:
+        except BaseException as error:
             if not self.saved_once:             # a run that failed before its first save leaves no events behind
                 self.tb.discard()
             self.run.close(remove_empty=True)   # ... and no empty folder
+            if isinstance(error, RuntimeError) and dead_worker(error) is not None:   # raised wherever the main
+                # process was when its worker died; said by the process whose worker it was (run_main's say_once)
+                raise TrainingStopped(self._dead_worker(error), exit_code=1) from None
             raise
         self.run.close()
         self.tb.close()
