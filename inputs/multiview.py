@@ -22,7 +22,7 @@ from torchvision import transforms
 from engine.errors import MissingSplit, UserError, one_line
 from inputs.decode import DECODE_ERRORS, eight_bit, to_rgb
 from inputs.folders import class_map, is_hidden, visible
-from views.registry import RGB_FOLDER, find_view, register_file_view
+from views.registry import RGB_FOLDER, find_view, made_from_rgb, register_file_view
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
 SHOWN = 5                                   # missing files named in the error line
@@ -34,7 +34,7 @@ def view_folders(views):
     if not views:
         raise UserError('--dataset multiview_folder needs the views to read (train_CMC.py --views, or a checkpoint '
                         'of it for LinearProbing.py)')
-    from_rgb = [view for view in views if find_view(view) is not None and find_view(view).from_rgb]
+    from_rgb = [view for view in views if made_from_rgb(view)]
     return ([RGB_FOLDER] if from_rgb else []) + [view for view in views if view not in from_rgb]
 
 

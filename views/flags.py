@@ -11,7 +11,7 @@ import os
 from engine.checkpoint import checkpoint_opt
 from engine.errors import UserError
 from views.loading import load_view_module, restore_view_module
-from views.registry import check_view_name, find_view, find_view_ignoring_case, get_view, view_names
+from views.registry import check_view_name, find_view, find_view_ignoring_case, get_view, made_from_rgb, view_names
 
 LEGACY_VIEWS = {'Lab': ('L', 'ab'), 'YCbCr': ('Y', 'CbCr')}
 PARADIGMS = ('core', 'full')
@@ -50,7 +50,7 @@ def load_views(opt, resume=None):
     """Import ``--view_module`` (or, without it, when a view is not registered, the module the checkpoint ``resume``
     was trained with, if that file exists), record it in ``opt`` (``view_module`` as given, ``view_module_path``
     absolute: the checkpoint keeps both), then check the view names (``check_views``)."""
-    unknown = [view for view in opt.views if find_view(view) is None or find_view(view).kind == 'file']
+    unknown = [view for view in opt.views if not made_from_rgb(view)]
     if opt.view_module:
         opt.view_module_path = load_view_module(opt.view_module)
     elif unknown and resume and os.path.isfile(resume):
@@ -67,7 +67,7 @@ def check_views(views, dataset):
         raise UserError(f'--views needs at least two views (CMC contrasts views), got {" ".join(views)}')
     if len(set(lowered)) != len(lowered):
         raise UserError(f'--views {" ".join(views)} names a view twice (names are compared case-insensitively)')
-    files = [view for view in views if find_view(view) is None or find_view(view).kind == 'file']
+    files = [view for view in views if not made_from_rgb(view)]
     for view in files:
         twin = find_view_ignoring_case(view)
         if twin is not None and twin.kind != 'file':
@@ -114,7 +114,7 @@ def checkpoint_views(opt, saved):
 
 def file_channels(views, channels):
     """{view: channels} of the views read from files (a checkpoint's ``views`` and ``view_channels``)."""
-    return {view: c for view, c in zip(views, channels) if find_view(view) is None or find_view(view).kind == 'file'}
+    return {view: c for view, c in zip(views, channels) if not made_from_rgb(view)}
 
 
 def key_names(views):

@@ -121,6 +121,13 @@ def find_view(name):
     return _VIEWS.get(name)
 
 
+def made_from_rgb(name):
+    """Whether ``name`` is a registered view made from the RGB image (a colour or computed view); otherwise it is read
+    from files (a view folder), or unknown."""
+    view = find_view(name)
+    return view is not None and view.from_rgb
+
+
 def find_view_ignoring_case(name):
     """The registered View whose name equals ``name`` case-insensitively, or None."""
     return _clash(name)

@@ -35,7 +35,7 @@ def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
     import time
     import pytest
     sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-    import run_demo
+    import demo_lanes
     done = []
 
     def fail():
@@ -43,22 +43,22 @@ def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
         raise SystemExit('lane one failed')
 
     def long_script():
-        run_demo.run_script(['-c', 'import time; time.sleep(120)'], str(tmp_path / 'long.log'),
-                            run_demo.Progress(1), 1)
+        demo_lanes.run_script(['-c', 'import time; time.sleep(120)'], str(tmp_path / 'long.log'),
+                            demo_lanes.Progress(1), 1)
 
     t0 = time.time()
     with pytest.raises(SystemExit, match='lane one failed'):
-        run_demo.run_lanes([[fail], [long_script, lambda: done.append('after')]])
-    assert time.time() - t0 < 30 and done == [] and not run_demo.RUNNING
+        demo_lanes.run_lanes([[fail], [long_script, lambda: done.append('after')]])
+    assert time.time() - t0 < 30 and done == [] and not demo_lanes.RUNNING
 
 
 def test_progress_shows_every_nth_epoch_with_the_knn_that_follows_it(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-    import run_demo
+    import demo_lanes
     printed = ['epoch 1, total time 1.2', 'kNN (k=200, t=0.07) top-1 on val: 40.00', 'epoch 2, total time 2.6',
                'kNN (k=200, t=0.07) top-1 on val: 45.56', 'epoch 3, total time 3.0', 'epoch 4, total time 4.4',
                'kNN (k=200, t=0.07) top-1 on val: 50.00', 'epoch 5, total time 5.0']
-    run_demo.run_script(['-c', f'print({chr(10).join(printed)!r})'], str(tmp_path / 'log'), run_demo.Progress(1),
+    demo_lanes.run_script(['-c', f'print({chr(10).join(printed)!r})'], str(tmp_path / 'log'), demo_lanes.Progress(1),
                         5, every=2, label='cmc')
     lines = [line.split('min  ', 1)[1].strip() for line in capsys.readouterr().out.splitlines()]
     assert lines == ['cmc about 8 s left in this stage (3 epochs at 3 s)',       # after epoch 2: 3 x 2.6 s
