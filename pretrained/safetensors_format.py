@@ -1,0 +1,58 @@
+"""An encoder as a safetensors file: every architecture and view, loaded without pickle.
+
+Tensors: the encoder's state dict, keyed as the ``model`` entry of our checkpoints (``encoder.l_to_ab.conv1.weight``,
+...; the projection head included, so every layer loads). Metadata (safetensors' str -> str header), each value JSON:
+method, model, width, feat_dim, views, view_channels, preprocessing (per view: colour space, channels, mean and std;
+or the view module; or 'file'), feature_layer, image_size, source and source_sha256 (the checkpoint it came from).
+"""
+import json
+
+import torch
+
+from engine.errors import UserError
+
+FORMAT = 'cmc-encoder/1'
+REQUIRED = ('method', 'model', 'width', 'feat_dim', 'views', 'view_channels', 'preprocessing', 'feature_layer',
+            'image_size', 'source_sha256')
+
+
+def _library():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError('the safetensors package is not installed: pip install safetensors (requirements.txt has '
+                        'it)') from None
+    return safetensors.torch
+
+
+def write_safetensors(encoder, path):
+    """Write ``encoder`` (a ``PretrainedEncoder``) to ``path``: its network's tensors (contiguous, on the CPU) and
+    its info as metadata."""
+    state = {key: value.detach().cpu().contiguous() for key, value in encoder.network.state_dict().items()}
+    metadata = {key: json.dumps(value) for key, value in encoder.info.items()}
+    metadata['format'] = FORMAT
+    _library().save_file(state, str(path), metadata=metadata)
+
+
+def read_safetensors(path):
+    """(state dict, info) of a file ``write_safetensors`` wrote; anything else is a one-line UserError."""
+    library = _library()
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            metadata = f.metadata() or {}
+        state = library.load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise UserError(f'{path} is not a readable safetensors file: {str(e).splitlines()[0] if str(e) else e!r}; '
+                        f'export it again with scripts/export.py --to safetensors') from None
+    if metadata.get('format') != FORMAT:
+        raise UserError(f'{path} is a safetensors file but not an encoder that scripts/export.py wrote (no '
+                        f'"format": "{FORMAT}" in its metadata); export the checkpoint with --to safetensors')
+    try:
+        info = {key: json.loads(value) for key, value in metadata.items() if key != 'format'}
+    except json.JSONDecodeError as e:
+        raise UserError(f'{path}: its metadata is not valid JSON ({e}); export it again') from None
+    missing = [key for key in REQUIRED if key not in info]
+    if missing:
+        raise UserError(f'{path}: its metadata lacks {", ".join(missing)}; export it again with this version')
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}, info
