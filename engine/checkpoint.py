@@ -53,10 +53,12 @@ def save_checkpoint(state, path, folder_flag='--model_path'):
     A full disk ends as a UserError naming the file and the flag that chose its folder (``folder_flag``), with the
     temporary removed and the old file untouched.
     """
-    _write_atomically(path, lambda f: torch.save(state, f), folder_flag)
+    write_atomically(path, lambda f: torch.save(state, f), folder_flag)
 
 
-def _write_atomically(path, write, folder_flag):
+def write_atomically(path, write, folder_flag):
+    """``write(f)`` into a temporary file beside ``path``, flushed and fsynced, then renamed onto ``path`` (see
+    ``save_checkpoint``); a full disk is a UserError naming ``folder_flag``, with the old file untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     _remove_stale_temporaries(folder, path)
@@ -99,7 +101,7 @@ def link_checkpoint(src, dst, folder_flag='--model_path'):
         os.link(src, tmp)
     except OSError:                     # no hard links here (FAT, some network mounts): copy the bytes
         with open(src, 'rb') as source:
-            _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22), folder_flag)
+            write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 2 ** 22), folder_flag)
         return
     os.replace(tmp, dst)
     _fsync_dir(folder)
