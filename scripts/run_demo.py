@@ -9,7 +9,7 @@ virtualenv), or directly:
 Writes ``<out>.md`` (the table) and ``<out>.png`` (probe accuracy per method, pretraining loss curves), and keeps
 every probed encoder under ``<out>/`` as cmc.pth, insdis.pth, moco.pth, random.pth (CMC's architecture) and
 random_rgb.pth (InsDis/MoCo's), in the pretraining checkpoint format, so that LinearProbing.py / eval_moco_ins.py can
-probe them again on other data.
+probe them again on other data; ``<out>/feature_map.png``: 2-D maps of CMC's and its random encoder's val features.
 """
 import argparse
 import functools
@@ -256,10 +256,16 @@ def main(argv=None):
     rows = [probe_one(method, label, model, out, args.seed, epochs, progress, minutes, smoke_data)
             for method, label, model in METHODS]
 
-    progress.stage('writing the table and the figure')
+    progress.stage('writing the table and the figures')
+    from pretrained.feature_map import compare_encoders
+    layer = int(PROBE[CMC_MODEL][1])        # the probe's (the table's kNN column is at the embedding, layer 7)
+    feature_map = os.path.join(out, 'feature_map.png')
+    compare_encoders([(os.path.join(out, f'{m}.pth'), label) for m, label, _ in METHODS if m in ('cmc', 'random')],
+                     'demo', smoke_data, 64, layer, feature_map, seed=args.seed)
     table = write_report(out, rows, curves, args, epochs, amp)
     print(table)
     progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
+    progress.say(f'val feature maps of CMC and its random init (layer {layer}, kNN in the titles): {feature_map}')
 
 
 def probe_one(method, label, model, out, seed, epochs, progress, minutes, smoke_data=None):
@@ -307,7 +313,8 @@ def write_report(out, rows, curves, args, epochs, amp):
                 f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}'
                 f'{" (bfloat16 autocast)" if amp else " (float32)"}; linear probe '
                 f'{epochs["probe"]} epochs on cached frozen features (layer 6, --bn). Majority class: 20.4% top-1.\n\n'
-                f'{table}\n\n![probe accuracy and loss curves]({os.path.basename(out)}.png)\n')
+                f'{table}\n\n![probe accuracy and loss curves]({os.path.basename(out)}.png)\n\n'
+                f'![val feature maps, CMC and random init]({os.path.basename(out)}/feature_map.png)\n')
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

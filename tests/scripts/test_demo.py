@@ -22,6 +22,17 @@ def test_demo_smoke(tmp_path):
     for _, top1, top5, knn, minutes in rows:
         assert 0 <= float(top1) <= float(top5) <= 100 and 0 <= float(knn) <= 100
     assert (tmp_path / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # the val feature maps of CMC and its random encoder, side by side, each title with its kNN top-1
+    from PIL import Image
+
+    from pretrained.feature_map import DPI, LEGEND_INCHES, PANEL_INCHES
+    with Image.open(out / 'feature_map.png') as image:
+        assert image.format == 'PNG' and image.size == ((2 * PANEL_INCHES + LEGEND_INCHES) * DPI, PANEL_INCHES * DPI)
+        titles = image.text['Title']
+    names = re.findall(r'(CMC \(Lab\)|random init \(resnet18v1, CMC\)), layer 6: \S+ of 36 val images; kNN top-1 '
+                       r'[\d.]+%', titles)
+    assert names == ['CMC (Lab)', 'random init (resnet18v1, CMC)']
+    assert f'random init (layer 6, kNN in the titles): {out}/feature_map.png' in proc.stdout
     # every probed encoder is kept in the pretraining checkpoint format and loads into its architecture
     for name, build in (('cmc', build_cmc_model), ('random', build_cmc_model), ('insdis', build_ins_model),
                         ('moco', build_ins_model), ('random_rgb', build_ins_model)):
