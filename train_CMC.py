@@ -29,6 +29,7 @@ from engine.errors import UserError, run_main
 from engine.fit import Checkpointed, Fit, Logged
 from engine.knn import knn_monitor
 from engine.loop import Stepper
+from engine.online_probe import attach_online_probe
 from engine.runtime import setup_runtime
 from engine.schedule import LearningRate, sgd
 from inputs.splits import build_split, check_colour, eval_splits
@@ -110,9 +111,12 @@ def build(opt, rt):
     encode = lambda images: method.features(view(images))     # noqa: E731  (the kNN monitor's features)
     logged = Logged(fields=method.console_fields, tags=method.tb_tags, tb_name=opt.model_name,
                     evaluators=[knn_monitor(opt, rt, encode, [method.encoder], lambda: eval_splits(opt, rt.print))])
-    return SimpleNamespace(loader=loader, stepper=Stepper(method, train_view, LearningRate(opt, optimizer)),
-                           saved=Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS),
-                           logged=logged, train_view=train_view, method=method)
+    parts = SimpleNamespace(loader=loader, stepper=Stepper(method, train_view, LearningRate(opt, optimizer)),
+                            saved=Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS),
+                            logged=logged, train_view=train_view, method=method)
+    attach_online_probe(opt, rt, encode, method.encoder, lambda: eval_splits(opt, rt.print), stepper=parts.stepper,
+                        logged=logged, saved=parts.saved)
+    return parts
 
 
 def build_method(opt, rt, n_data):

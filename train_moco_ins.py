@@ -23,6 +23,7 @@ from engine.errors import UserError, run_main
 from engine.fit import Checkpointed, Fit, Logged
 from engine.knn import knn_monitor
 from engine.loop import Stepper
+from engine.online_probe import attach_online_probe
 from engine.runtime import setup_runtime
 from engine.schedule import LearningRate, sgd
 from inputs.splits import build_split, eval_splits
@@ -122,6 +123,8 @@ def main(argv=None):
     logged = Logged(fields=method.console_fields, tags=method.tb_tags, tb_name=opt.model_name,
                     evaluators=[knn_monitor(opt, rt, encode, [method.encoder], lambda: eval_splits(opt, rt.print))])
     saved = Checkpointed(method.checkpoint_modules(), optimizer, fixed_flags=FIXED_FLAGS)
+    attach_online_probe(opt, rt, encode, method.encoder, lambda: eval_splits(opt, rt.print), stepper=stepper,
+                        logged=logged, saved=saved)
     run = RunFolder(f'{opt.model_path}/{opt.model_name}')
     Fit(opt, rt, run, loader, saved, stepper, logged, flags.command_line(__file__, argv))()
 

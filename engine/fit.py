@@ -30,6 +30,7 @@ class Checkpointed:
     optimizer: torch.optim.Optimizer
     values: dict = field(default_factory=dict)
     fixed_flags: tuple = ()       # flags a resumed run must share with its checkpoint (the model, K, T, the view...)
+    optional: tuple = ()          # keys a checkpoint written without their flag (--<key>) lacks: they start afresh
 
 
 @dataclass
@@ -119,6 +120,9 @@ class Fit:
         self._check_flags(ckpt, path)
         refuse_non_finite(ckpt, path)
         for key, module in self.saved.modules.items():
+            if key not in ckpt and key in self.saved.optional:       # written without that flag
+                self.rt.print(f'note: {path} was written without --{key}: a fresh {key.replace("_", " ")} starts')
+                continue
             load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
                          path, trained_model(ckpt))
         if 'optimizer' in ckpt:

@@ -86,6 +86,14 @@ def add_pretrain_flags(parser, *, model_default, model_choices):
     p.add_argument('--knn_freq', type=int, default=None,
                    help='run the weighted kNN monitor (k=200, t=0.07) every N epochs when a labelled val split '
                    'exists; 0 turns it off; default 1, or 0 for imagenet/imagenet100 (a full pass over the data)')
+    p.add_argument('--online_probe', action='store_true',
+                   help='train a linear classifier (engine/online_probe.py) on the detached pooled features under '
+                   'the projection head (CMC: every view\'s, concatenated; MoCo: the query encoder\'s) during '
+                   'pretraining, and print and log (TensorBoard online_probe_top1) its val top-1 every epoch, when the '
+                   'data set has a labelled val split; saved with the run, so --resume continues it. The encoder and '
+                   'the run\'s random streams are untouched. Cost: a linear step per batch (well under 1%% of a step) '
+                   'and an eval pass of the encoder over the val split every epoch (the kNN monitor\'s, without its '
+                   'pass over the train split)')
     p.add_argument('--color_on_cpu', action='store_true',
                    help='the reference\'s input path, for comparisons: the loader workers convert each crop on its '
                    'own (CMC: scikit-image in float64, then ToTensor and Normalize; InsDis/MoCo: ToTensor and '

@@ -34,12 +34,14 @@ class Stepper:
     the device) to the method's input and ``index`` are the items' data-set indices (their targets instead when
     ``targets``: the linear probe). ``set_lr(epoch, step_in_epoch, n_batches)`` runs before each step; after the
     optimizer step the method's ``after_step()``, if it has one (MoCo's momentum update). ``train_modules`` are put
-    in train mode each epoch (default: the method)."""
+    in train mode each epoch (default: the method). ``probe`` (--online_probe, ``engine.online_probe``) steps after
+    each forward on the batch's targets."""
     method: nn.Module
     view: Callable
     set_lr: Callable
     targets: bool = False
     train_modules: Optional[list] = None
+    probe: Optional[nn.Module] = None
 
     def __post_init__(self):
         if self.train_modules is None:
@@ -49,7 +51,10 @@ class Stepper:
         """One batch (images, targets, indices) -> the method's StepResult."""
         images, targets, index = batch
         x = self.view(images.to(device, non_blocking=True))
-        return self.method(x, torch.as_tensor(targets if self.targets else index).to(device, non_blocking=True))
+        result = self.method(x, torch.as_tensor(targets if self.targets else index).to(device, non_blocking=True))
+        if self.probe is not None:
+            self.probe.step(torch.as_tensor(targets).to(device, non_blocking=True))
+        return result
 
     def after_step(self):
         after = getattr(self.method, 'after_step', None)

@@ -27,6 +27,8 @@ class HalfAlexNet(CheckpointCompatible):
     adaptive pool to 6 x 6); 6 fc6; 7 fc7; 8 the unit-norm embedding.
     """
 
+    projection_head = 'fc8'     # --online_probe reads its input: fc7's output, forward(x, 7)
+
     def __init__(self, in_channel: int = 1, feat_dim: int = 128):
         super().__init__()
         channels = in_channel

@@ -76,6 +76,8 @@ class ResNet(CheckpointCompatible):
     layer1..layer4; 6 the pooled, flattened features; 7 the unit-norm embedding.
     """
 
+    projection_head = 'fc'      # --online_probe reads its input: the pooled features, forward(x, 6)
+
     def __init__(self, depth: int = 50, width: float = 1.0, in_channel: int = 3, low_dim: int = 128):
         super().__init__()
         if depth not in RESNET_DEPTHS:
