@@ -24,21 +24,23 @@ if _CLASH:
 from pretrained.hub import load_entry as _load_entry
 
 
-def cmc(checkpoint, arch=None, view_module=None, device='cpu'):
+def cmc(checkpoint, arch=None, view_module=None, device='cpu', view=None):
     """A CMC encoder (``pretrained.PretrainedEncoder``, eval mode, frozen) from ``checkpoint``: a train_CMC.py .pth
     (ours, the reference's, the released weights) or its .safetensors export. ``arch``: its --model, for a file that
     does not record it (resnet50v2, alexnet, ...; not ``model=``, which torch.hub.load takes for the entry's name);
-    ``view_module``: the .py file of its own views, if not found where the checkpoint says; ``device``: where it runs.
+    ``view_module``: the .py file of its own views, if not found where the checkpoint says; ``device``: where it runs;
+    ``view``: 'Lab' or 'YCbCr', for a file that does not record its views (else Lab, with a warning).
 
     ``encoder.preprocess(images)``: uint8 RGB B x 3 x H x W -> its views, normalised as in training (a view read from
     files cannot be made from RGB: give ``features`` the views tensor itself); ``encoder.features(images, layer=6)``:
-    the views' features concatenated in checkpoint order, B x D float32, as LinearProbing.py probes them.
+    the views' features concatenated in checkpoint order, B x D float32, as LinearProbing.py probes them; or
+    ``encoder.features(views=...)`` of the normalised views tensor.
 
         encoder = torch.hub.load('/path/to/CMC', 'cmc', source='local', checkpoint='results/demo/cmc.pth')
         images = torchvision.io.read_image('photo.png', torchvision.io.ImageReadMode.RGB)[None]   # 1 x 3 x H x W
         features = encoder.features(images)                                # 1 x D: the L and ab features
     """
-    return _load_entry('cmc', checkpoint, arch, view_module, device)
+    return _load_entry('cmc', checkpoint, arch, view_module, device, view)
 
 
 def insdis(checkpoint, arch=None, device='cpu'):

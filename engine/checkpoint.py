@@ -13,7 +13,6 @@ from engine.errors import UserError
 from engine.lock import lock_folder, unlock
 from engine.runtime import unwrap
 
-
 # A write that fails for want of room (disk full, quota, a file-size limit) is the user's to fix, not a bug.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -28,6 +27,46 @@ def no_room_error(error):
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+# The messages by which writers that keep no OSError report a full disk: the C library's texts, and Rust's io::Error
+# (safetensors: "... No space left on device (os error 28)").
+_NO_ROOM_TEXTS = {text: n for n in _NO_ROOM for text in (os.strerror(n), f'os error {n}')}
+NEARLY_FULL_BYTES = 2 ** 20
+
+
+def no_room_reason(error, folder):
+    """Why a write into ``folder`` that raised ``error`` failed for want of room ('No space left on device', ...), or
+    None for any other failure (and for Ctrl-C). Writers report a full disk in three ways, so three signs count:
+
+    1. an OSError ENOSPC / EDQUOT / EFBIG in the exception chain (``no_room_error``): Python's own writes, and
+       torch.save to a file object (a RuntimeError with the OSError as its context);
+    2. that errno's text in the message of an exception of the chain: writers in other languages that flatten the
+       OSError into their own exception (safetensors' SafetensorError "... (os error 28)");
+    3. under NEARLY_FULL_BYTES left on ``folder``'s file system for this user: the one sign left by a writer that
+       keeps no errno at all (torch.save to a path: its C++ zip writer says only "[enforce fail at
+       inline_container.cc:...] . unexpected pos N vs M"). A write that filled the disk leaves it full until its
+       partial file is removed, so call this before removing it.
+
+    Sign 3 alone could blame the disk for another failure that happens on a full disk; the disk then is full
+    anyway, and its free space is in the message."""
+    if not isinstance(error, Exception):
+        return None
+    no_room = no_room_error(error)
+    if no_room is not None:
+        return no_room.strerror or os.strerror(no_room.errno)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        for text, number in _NO_ROOM_TEXTS.items():
+            if text in str(error):
+                return os.strerror(number)
+        error = error.__cause__ or error.__context__
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, TypeError):
+        return None
+    return os.strerror(errno.ENOSPC) if stat.f_bavail * stat.f_frsize < NEARLY_FULL_BYTES else None
 
 
 def _temporary_prefix(path):
@@ -56,9 +95,13 @@ def save_checkpoint(state, path, folder_flag='--model_path'):
     write_atomically(path, lambda f: torch.save(state, f), folder_flag)
 
 
-def write_atomically(path, write, folder_flag):
+RESUME_ADVICE = ', then resume with --resume auto (the checkpoints already written are intact)'
+
+
+def write_atomically(path, write, folder_flag, advice=RESUME_ADVICE):
     """``write(f)`` into a temporary file beside ``path``, flushed and fsynced, then renamed onto ``path`` (see
-    ``save_checkpoint``); a full disk is a UserError naming ``folder_flag``, with the old file untouched."""
+    ``save_checkpoint``); a full disk (``no_room_reason``) is a UserError naming ``folder_flag``, with the old file
+    untouched, and ending with ``advice`` (a run's: resume once there is room)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     _remove_stale_temporaries(folder, path)
@@ -71,14 +114,13 @@ def write_atomically(path, write, folder_flag):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        no_room = no_room_reason(e, folder)             # before the partial file goes: it may be what filled the disk
         if os.path.exists(tmp):
             os.remove(tmp)
-        no_room = no_room_error(e)
         if no_room is None:
             raise
-        raise UserError(f'could not write {path}: {no_room.strerror} ({free_mib(folder)} MiB free there); free '
-                        f'some space or point {folder_flag} at a bigger disk, then resume with --resume auto '
-                        f'(the checkpoints already written are intact)') from None
+        raise UserError(f'could not write {path}: {no_room} ({free_mib(folder)} MiB free there); free some space or '
+                        f'point {folder_flag} at a bigger disk{advice}') from None
     _fsync_dir(folder)
 
 
@@ -127,6 +169,7 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+SAFETENSORS_SUFFIX, DETECTRON2_SUFFIX = '.safetensors', '.pkl'      # exports (pretrained/), no checkpoints
 # The only non-tensor class the reference's files need: it pickled ``opt`` as an argparse.Namespace.
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -136,6 +179,13 @@ def load_checkpoint(path, map_location='cpu', mmap=False):
     ``mmap``: map the tensors' storage instead of reading it (files of torch >= 1.6; older ones are read)."""
     if not path or not os.path.isfile(path):
         raise UserError(f'checkpoint {path!r} does not exist; check the path')
+    if str(path).endswith(DETECTRON2_SUFFIX):
+        raise UserError(f'{path} is a detectron2 export (scripts/export.py --to detectron2, for detectron2 only); give '
+                        f'the pretraining checkpoint (.pth) it was exported from')
+    if str(path).endswith(SAFETENSORS_SUFFIX):
+        raise UserError(f'{path} is an exported encoder (scripts/export.py --to safetensors, for other libraries; '
+                        f'pretrained.load_encoder reads it); give the pretraining checkpoint (.pth) it was exported '
+                        f'from')
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             mmap = mmap and zipfile.is_zipfile(path)            # the reference's legacy files cannot be mapped
@@ -168,9 +218,15 @@ def checkpoint_opt(path):
     return opt if isinstance(opt, dict) else {}
 
 
+SHOWN_KEYS = 5
+
+
 def checkpoint_section(ckpt, key, path):
+    """``ckpt[key]``, or a one-line UserError naming a few of the entries it has (a state dict has hundreds)."""
     if key not in ckpt:
-        raise UserError(f'{path} has no {key!r} entry (it has {sorted(ckpt)}); is it the right kind of checkpoint?')
+        keys = sorted(map(str, ckpt))
+        shown = ', '.join(keys[:SHOWN_KEYS]) + (f', ... ({len(keys)} in all)' if len(keys) > SHOWN_KEYS else '')
+        raise UserError(f'{path} has no {key!r} entry (it has {shown or "none"}); is it the right kind of checkpoint?')
     return ckpt[key]
 
 

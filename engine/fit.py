@@ -123,6 +123,9 @@ class Fit:
             if key not in ckpt and key in self.saved.optional:       # written without that flag
                 self.rt.print(f'note: {path} was written without --{key}: a fresh {key.replace("_", " ")} starts')
                 continue
+            check = getattr(unwrap(module), 'check_resumable', None)     # a module's own one-line refusal, first
+            if check is not None:
+                check(checkpoint_section(ckpt, key, path), path)
             load_weights(unwrap(module), checkpoint_section(ckpt, key, path), f'the {key} of --model {self.opt.model}',
                          path, trained_model(ckpt))
         if 'optimizer' in ckpt:

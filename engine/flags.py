@@ -168,9 +168,15 @@ def check_common(opt, *, needs=('data_folder', 'tb_path')):
             raise UserError(f'--{name} must be in {bounds}, got {given[name]}')
     if opt.image_size < 32:
         raise UserError(f'--image_size must be at least 32 (64 or more recommended), got {opt.image_size}')
-    if opt.model == 'alexnet' and opt.image_size < 64:
+    refuse_small_images(opt.model, opt.image_size)
+
+
+def refuse_small_images(model, image_size):
+    """A UserError for an image size the model's layers cannot take: AlexNet's pooling runs out of pixels below 64
+    ("Output size is too small")."""
+    if model == 'alexnet' and image_size < 64:
         raise UserError(f'--model alexnet needs --image_size 64 or more (its pooling runs out of pixels), '
-                        f'got {opt.image_size}')
+                        f'got {image_size}')
 
 
 def check_pretrain(opt):

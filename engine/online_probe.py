@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.data import eval_loader
+from engine.errors import UserError
 from engine.fit import EpochReport
 from engine.knn import Interrupted, extract_features
 
@@ -87,6 +88,15 @@ class OnlineProbe(nn.Module):
         self.register_buffer('weight_velocity', torch.zeros(n_classes, dim))
         self.register_buffer('bias_velocity', torch.zeros(n_classes))
         self.tap, self.rt, self.lr, self.momentum = tap, rt, lr, momentum
+
+    def check_resumable(self, state, path):
+        """Refuse, in one line, a checkpoint's probe (``state``) for another number of classes than this run's data
+        set has (load_state_dict would only say "size mismatch")."""
+        theirs, ours = tuple(state['weight'].shape) if 'weight' in state else None, tuple(self.weight.shape)
+        if theirs is not None and theirs[0] != ours[0]:
+            raise UserError(f'{path}: its online probe classifies {theirs[0]} classes, but the data set now has '
+                            f'{ours[0]}; resume on the data it was trained on, or drop --online_probe to resume '
+                            f'without the probe')
 
     def forward(self, features):
         with torch.autocast(features.device.type, enabled=False):

@@ -3,7 +3,9 @@ facebookresearch/moco's ``detection/convert-pretrain-to-detectron2.py`` writes, 
 MoCo, and each view of CMC resnet50v2).
 
 The file: a pickle (protocol: pickle's default, as moco's) of ``{'model': {name: numpy float32 array}, '__author__':
-AUTHOR, 'matching_heuristics': True}``, names in detectron2's ResNet layout, from torchvision's:
+AUTHOR, 'matching_heuristics': True}``, names in detectron2's ResNet layout, from torchvision's (each array pickled
+as ``numpy.ndarray(shape, dtype, bytearray)``, names every numpy has: numpy 2 pickles an array by
+``numpy._core.multiarray._reconstruct``, which numpy before 1.26 cannot import, so any numpy reads this file):
 
     conv1 / bn1                 -> stem.conv1 / stem.conv1.norm
     layer1 .. layer4            -> res2 .. res5
@@ -69,10 +71,22 @@ def detectron2_files(encoder) -> dict[str, dict]:
             for view, state in torchvision_state_dicts(encoder).items()}
 
 
+class _AnyNumpyPickler(pickle.Pickler):
+    """Pickles a numpy array as ``numpy.ndarray(shape, dtype, bytearray(its bytes))``: readable by numpy 1.x and 2.x
+    alike (a writable array, C order), where numpy's own pickling names numpy 2's private ``numpy._core``."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            array = np.ascontiguousarray(obj)
+            return np.ndarray, (array.shape, array.dtype.str, bytearray(array.tobytes()))
+        return NotImplemented
+
+
 def write_detectron2(obj: dict, path) -> None:
-    """Pickle ``obj`` to ``path`` (pickle's default protocol, as moco's converter)."""
+    """Pickle ``obj`` to ``path`` (pickle's default protocol, as moco's converter), its arrays readable by any
+    numpy (``_AnyNumpyPickler``)."""
     with open(path, 'wb') as f:
-        pickle.dump(obj, f)
+        _AnyNumpyPickler(f).dump(obj)
 
 
 def pixel_config(entry: dict) -> str:

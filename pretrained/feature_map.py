@@ -30,12 +30,15 @@ except ImportError:
     umap = None
 
 
-def data_splits(dataset, data_folder, image_size, splits=('train', 'val'), views=None, say=print):
+def data_splits(dataset, data_folder, image_size, splits=('train', 'val'), views=None, say=print,
+                skip_bad_images=False):
     """{split: data set} at the evaluation crop (``inputs.transforms.eval_transform``: resize, centre crop, no
     augmentation), val's labels numbered as train's. ``splits``: ('train',) or ('train', 'val'); a data set without
-    a val split is then a UserError. ``views``: the checkpoint's, for --dataset multiview_folder."""
+    a val split is then a UserError. ``views``: the checkpoint's, for --dataset multiview_folder.
+    ``skip_bad_images``: as the scripts' --skip_bad_images, an undecodable image of a folder is skipped (its item is
+    the next decodable one's, which ``encoder_features`` then keeps once)."""
     opt = argparse.Namespace(dataset=dataset, data_folder=data_folder, image_size=image_size, download=False,
-                             skip_bad_images=False, views=views)
+                             skip_bad_images=skip_bad_images, views=views)
     if tuple(splits) == ('train',):
         return {'train': build_split(opt, 'train', eval_transform(image_size), say=say)}
     found = eval_splits(opt, say)
@@ -48,15 +51,21 @@ def data_splits(dataset, data_folder, image_size, splits=('train', 'val'), views
 def encoder_features(encoder, dataset, layer, batch_size=128, num_workers=0, view=None):
     """(features N x D float32, labels N int64, indices N int64), on the CPU, in the data set's order: ``encoder``'s
     features at ``layer`` (maps below the pooled layer flattened, C x h x w -> D). ``view``: turns a batch into the
-    views tensor (``views.ViewStack``, for multiview_folder data); otherwise the encoder preprocesses uint8 RGB."""
+    views tensor (``views.ViewStack``, for multiview_folder data); otherwise the encoder preprocesses uint8 RGB.
+    An item given twice (--skip_bad_images puts the next decodable item in an undecodable one's place) is kept
+    once: N counts the decodable items."""
     loader = eval_loader(dataset, argparse.Namespace(batch_size=batch_size, num_workers=num_workers))
     feats, labels, indices = [], [], []
     for images, target, index in loader:
         x = images.to(encoder.device)
-        feats.append(encoder.features(view(x) if view is not None else x, layer).flatten(1).cpu())
+        given = {'views': view(x)} if view is not None else {'images': x}
+        feats.append(encoder.features(layer=layer, **given).flatten(1).cpu())
         labels.append(torch.as_tensor(target, dtype=torch.int64))
         indices.append(torch.as_tensor(index, dtype=torch.int64))
-    return torch.cat(feats), torch.cat(labels), torch.cat(indices)
+    indices = torch.cat(indices)
+    first = np.unique(indices.numpy(), return_index=True)[1]              # each item's first row, in index order
+    keep = torch.from_numpy(first) if len(first) < len(indices) else slice(None)
+    return torch.cat(feats)[keep], torch.cat(labels)[keep], indices[keep]
 
 
 def view_parts(encoder):
@@ -146,6 +155,12 @@ def feature_map_figure(panels, path, flag='--plot'):
     """Draw ``panels`` (dicts of ``draw_feature_map``'s arguments) side by side, a class legend at the right, and
     write ``path`` (.png / .pdf / .svg; PANEL_INCHES x n + LEGEND_INCHES by PANEL_INCHES inches at DPI) atomically;
     the titles are also in its metadata ('Title', one line per panel)."""
+    write_atomically(path, feature_map_writer(panels, path, flag), flag, advice=' (no existing file was changed)')
+    return path
+
+
+def feature_map_writer(panels, path, flag='--plot'):
+    """``write(f)``: ``feature_map_figure``'s figure, in the format of ``path``'s suffix, to the open file ``f``."""
     from matplotlib.figure import Figure
     fmt = plot_format(path, flag)
     fig = Figure(figsize=(PANEL_INCHES * len(panels) + LEGEND_INCHES, PANEL_INCHES))
@@ -157,8 +172,7 @@ def feature_map_figure(panels, path, flag='--plot'):
     fig.subplots_adjust(left=0.02, right=1 - (LEGEND_INCHES + 0.2) / fig.get_figwidth(), bottom=0.03, top=0.88,
                         wspace=0.05)
     titles = ' | '.join(panel['title'].replace('\n', '; ') for panel in panels)
-    write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, metadata={'Title': titles}), flag)
-    return path
+    return lambda f: fig.savefig(f, format=fmt, dpi=DPI, metadata={'Title': titles})
 
 
 def compare_encoders(checkpoints, dataset, data_folder, image_size, layer, path, seed=0, batch_size=128,

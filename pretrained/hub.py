@@ -18,15 +18,16 @@ def hub_entry(method):
     return 'cmc' if method in CMC_METHODS else method
 
 
-def load_entry(entry, checkpoint, arch=None, view_module=None, device='cpu'):
+def load_entry(entry, checkpoint, arch=None, view_module=None, device='cpu', view=None):
     """The ``PretrainedEncoder`` of ``checkpoint`` (.pth or .safetensors), in eval mode and frozen, on ``device``,
     through the hub entry ``entry`` ('cmc', 'insdis' or 'moco'); ``arch``: its --model, for a file that does not
-    record it. A checkpoint of another method is a UserError naming its entry; an InsDis / MoCo .pth that does not
-    record which it is (no opt 'moco', no 'model_ema') is taken as the entry says."""
+    record it; ``view``: 'Lab' or 'YCbCr', for a CMC file that does not record its views. A checkpoint of another
+    method is a UserError naming its entry; an InsDis / MoCo .pth that does not record which it is (no opt 'moco',
+    no 'model_ema') is taken as the entry says."""
     name, models = ENTRIES[entry]
     if arch is not None and arch not in models:
         raise UserError(f'hub entry {entry!r}: arch={arch!r} is no {name} --model; give one of {", ".join(models)}')
-    encoder = load_encoder(checkpoint, arch, view_module, device)
+    encoder = load_encoder(checkpoint, arch, view_module, device, view)
     found = hub_entry(encoder.info['method'])
     if found != entry and {found, entry} <= {'insdis', 'moco'} and not _records_moco(checkpoint):
         encoder.info['method'] = entry          # the file does not say which of the two it is: as the entry says

@@ -10,6 +10,7 @@ import json
 import torch
 
 from engine.errors import UserError
+from models import CMC_MODEL_NAMES, INS_MODEL_NAMES
 
 FORMAT = 'cmc-encoder/1'
 REQUIRED = ('method', 'model', 'width', 'feat_dim', 'views', 'view_channels', 'preprocessing', 'feature_layer',
@@ -55,4 +56,32 @@ def read_safetensors(path):
     missing = [key for key in REQUIRED if key not in info]
     if missing:
         raise UserError(f'{path}: its metadata lacks {", ".join(missing)}; export it again with this version')
+    wrong = _wrong_metadata(info)
+    if wrong:
+        raise UserError(f'{path}: its metadata has {wrong}; export the checkpoint again with scripts/export.py')
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}, info
+
+
+def _wrong_metadata(info):
+    """What in an export's metadata could not describe one of our encoders ('' when nothing): a file edited by hand or
+    written by another tool would otherwise fail later, inside the model."""
+    models = {'cmc': CMC_MODEL_NAMES, 'cmc-predictive': CMC_MODEL_NAMES, 'insdis': INS_MODEL_NAMES,
+              'moco': INS_MODEL_NAMES}
+    views, channels = info['views'], info['view_channels']
+    checks = [
+        (info['method'] in models, f'method {info["method"]!r} (one of {", ".join(models)})'),
+        (info['model'] in models.get(info['method'], ()), f'model {info["model"]!r} for method {info["method"]!r}'),
+        (isinstance(views, list) and views and all(isinstance(v, str) for v in views), f'views {views!r}'),
+        (isinstance(channels, list) and len(channels) == len(views or ()) and all(_positive(c) for c in channels),
+         f'view_channels {channels!r} (a positive integer per view)'),
+        (isinstance(info['preprocessing'], list) and len(info['preprocessing']) == len(views or ())
+         and all(isinstance(p, dict) and p.get('view') == v and 'kind' in p
+                 for p, v in zip(info['preprocessing'], views or ())), 'preprocessing that does not match its views'),
+        (_positive(info['image_size']) and _positive(info['feat_dim']),
+         f'image_size {info["image_size"]!r} and feat_dim {info["feat_dim"]!r} (positive integers)'),
+    ]
+    return next((what for ok, what in checks if not ok), '')
+
+
+def _positive(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

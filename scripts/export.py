@@ -34,30 +34,26 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from engine import flags
+from engine.checkpoint import DETECTRON2_SUFFIX, SAFETENSORS_SUFFIX
 from engine.errors import UserError, run_main
-from models import CMC_MODEL_NAMES, INS_MODEL_NAMES
-from pretrained import load_encoder
 from pretrained.detectron2_format import detectron2_files, detectron2_notes, write_detectron2
-from pretrained.outputs import refuse_outputs, write_outputs
+from pretrained.load import add_encoder_flags, load_from_flags
+from pretrained.outputs import refuse_empty, refuse_outputs, write_outputs
 from pretrained.safetensors_format import write_safetensors
 from pretrained.torchvision_format import VIEW_PLACEHOLDER, output_paths, torchvision_notes, torchvision_state_dicts
 
-SUFFIXES = {'detectron2': '.pkl', 'safetensors': '.safetensors'}
+SUFFIXES = {'detectron2': DETECTRON2_SUFFIX, 'safetensors': SAFETENSORS_SUFFIX}
 
 
 def parse_option(argv=None):
     parser = flags.ArgumentParser('export a pretrained encoder for torchvision / timm, detectron2 or safetensors')
-    parser.add_argument('--model_path', required=True, help='the pretraining checkpoint (ours, the reference\'s, the '
-                        'released weights) or an exported .safetensors file')
+    add_encoder_flags(parser)
     parser.add_argument('--to', required=True, choices=['torchvision', 'detectron2', 'safetensors'])
     parser.add_argument('--out', required=True, help='the file to write; {view} in it is replaced by each view\'s '
                         'name (needed for a CMC encoder --to torchvision / detectron2: one file per view)')
-    parser.add_argument('--model', default=None, choices=CMC_MODEL_NAMES + INS_MODEL_NAMES,
-                        help='the checkpoint\'s --model, for a checkpoint that does not record it')
-    parser.add_argument('--view_module', default=None, help='the module of the checkpoint\'s own views (train_CMC.py '
-                        '--view_module), if it is not found where the checkpoint says')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
     opt = parser.parse_args(argv)
+    refuse_empty(opt.out, '--out')
     suffix = SUFFIXES.get(opt.to)
     if suffix and not opt.out.endswith(suffix):
         raise UserError(f'--out {opt.out}: --to {opt.to} writes {suffix} files (the suffix its loader goes by); end '
@@ -86,7 +82,7 @@ def plan(encoder, opt):
 
 def main(argv=None):
     opt = parse_option(argv)
-    encoder = load_encoder(opt.model_path, model=opt.model, view_module=opt.view_module)
+    encoder = load_from_flags(opt)
     writes, holds, notes = plan(encoder, opt)
     refuse_outputs({path: '--out' for path in writes}, opt.overwrite, keep=[opt.model_path])
     write_outputs(writes)

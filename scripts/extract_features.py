@@ -19,7 +19,9 @@ concatenated for CMC; layers 1..5 flattened C x h x w maps; 7 the embedding), ``
 train's), ``paths`` N str (the image files; ``<dataset>:<split>/<index>`` for in-memory sets), ``split`` N str,
 ``classes``, ``layer``, ``image_size``, ``info`` (the checkpoint's description as JSON: method, model, views, ...),
 and, with --plot, ``knn_top1`` (the title's, unrounded). Every image is resized and centre-cropped as the linear probes
-evaluate (--image_size, default the checkpoint's training size), never augmented.
+evaluate (--image_size, default the checkpoint's training size, or 224 for a checkpoint that records none: a line
+says which), never augmented. --skip_bad_images leaves out the images that cannot be decoded (as in training).
+--dataset multiview_folder: a CMC encoder reads its views' folders; an InsDis / MoCo encoder the rgb/ folders.
 
 --plot needs --split both (the default) and labelled images: the kNN votes with the train features for the val ones
 (engine.knn.knn_predict, each view's features L2-normalised first, as the kNN monitor does; no leave-one-out on one
@@ -38,22 +40,20 @@ import numpy as np
 import torch
 
 from engine import flags
-from engine.checkpoint import write_atomically
 from engine.errors import UserError, run_main
 from inputs.build import DATASET_NAMES
-from models import CMC_MODEL_NAMES, INS_MODEL_NAMES
-from pretrained import DEFAULT_LAYER, load_encoder
+from pretrained import DEFAULT_LAYER
 from pretrained import feature_map as fm
-from pretrained.outputs import refuse_outputs
+from pretrained.load import add_encoder_flags, load_from_flags
+from pretrained.outputs import file_writer, refuse_outputs, write_outputs
 from views import ViewStack
 from views.flags import file_channels
-
-LAST_LAYER = {'alexnet': 8}                 # models' numbering: AlexNet 1..8, the ResNets 1..7 (7: the embedding)
+from views.registry import RGB_FOLDER
 
 
 def parse_args(argv=None):
     p = flags.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--model_path', required=True, help='a pretraining checkpoint (.pth) or an exported .safetensors')
+    add_encoder_flags(p)
     p.add_argument('--dataset', required=True, choices=DATASET_NAMES)
     p.add_argument('--data_folder', default=None, help='path to data (demo: the bundled set if not given)')
     p.add_argument('--layer', type=int, default=DEFAULT_LAYER, help='6: pooled features (default); ResNets 1..7, '
@@ -65,13 +65,12 @@ def parse_args(argv=None):
     p.add_argument('--batch_size', type=int, default=128)
     p.add_argument('--num_workers', type=int, default=2)
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
-    p.add_argument('--model', choices=CMC_MODEL_NAMES + INS_MODEL_NAMES, default=None,
-                   help='the --model of a checkpoint that does not record it')
-    p.add_argument('--view_module', default=None, help='the module of the checkpoint\'s own views, if not found')
     p.add_argument('--seed', type=int, default=0, help='random_state of the 2-D map')
+    p.add_argument('--skip_bad_images', action='store_true',
+                   help='skip (and count) images that cannot be decoded instead of stopping')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out / --plot')
     args = p.parse_args(argv)
-    refuse_outputs({path: flag for flag, path in (('--out', args.out), ('--plot', args.plot)) if path},
+    refuse_outputs([(path, flag) for flag, path in (('--out', args.out), ('--plot', args.plot)) if path is not None],
                    args.overwrite, keep=[args.model_path])
     if args.plot:
         fm.plot_format(args.plot)
@@ -80,7 +79,8 @@ def parse_args(argv=None):
                         f'--split {args.split}')
     for name, value, fits, bound in (('batch_size', args.batch_size, args.batch_size > 0, 'positive'),
                                      ('num_workers', args.num_workers, args.num_workers >= 0, '>= 0'),
-                                     ('image_size', args.image_size, (args.image_size or 32) >= 32, 'at least 32')):
+                                     ('image_size', args.image_size, args.image_size is None or args.image_size >= 32,
+                                      'at least 32')):
         if not fits:
             raise UserError(f'--{name} must be {bound}, got {value}')
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -100,15 +100,21 @@ def item_paths(dataset, name, split, indices):
 def main(argv=None):
     args = parse_args(argv)
     device = 'cuda' if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()) else 'cpu'
-    encoder = load_encoder(args.model_path, args.model, args.view_module, device)
+    encoder = load_from_flags(args, device)
     info = encoder.info
-    last = LAST_LAYER.get(info['model'], 7)
-    if not 1 <= args.layer <= last:
-        raise UserError(f'--layer {args.layer} is out of range for --model {info["model"]} (layers 1..{last})')
+    if not 1 <= args.layer <= encoder.last_layer:
+        raise UserError(f'--layer {args.layer} is out of range for --model {info["model"]} (layers '
+                        f'1..{encoder.last_layer})')
     multiview = args.dataset == 'multiview_folder'
-    image_size = args.image_size or info['image_size']
+    files = [entry['view'] for entry in info['preprocessing'] if entry['kind'] == 'file']
+    if files and not multiview:
+        raise UserError(f'{args.model_path} was trained on views read from files ({" ".join(files)}): give '
+                        f'--dataset multiview_folder, whose view folders hold them')
+    image_size = image_size_of(args, info)
     splits = ('train',) if args.split == 'train' else ('train', 'val')      # val's labels numbered as train's
-    sets = fm.data_splits(args.dataset, args.data_folder, image_size, splits, info['views'] if multiview else None)
+    sets = fm.data_splits(args.dataset, args.data_folder, image_size, splits,
+                          multiview_views(args, encoder, splits) if multiview else None,
+                          skip_bad_images=args.skip_bad_images)
     wanted = ['train', 'val'] if args.split == 'both' else [args.split]
     unlabelled = {s: sum(t < 0 for t in sets[s].targets) for s in wanted}
     if args.plot and any(unlabelled.values()):
@@ -122,19 +128,54 @@ def main(argv=None):
         feats, labels, indices = fm.encoder_features(encoder, sets[split], args.layer, args.batch_size,
                                                      args.num_workers, view)
         parts[split] = (feats, labels, item_paths(sets[split], args.dataset, split, indices.tolist()))
+        skipped = len(sets[split]) - len(feats)
         print(f'{split}: {len(feats)} images -> {tuple(feats.shape)} features at layer {args.layer} '
-              f'({time.time() - t0:.1f} s)')
+              f'({time.time() - t0:.1f} s){f"; skipped {skipped} undecodable (--skip_bad_images)" if skipped else ""}')
     arrays = npz_arrays(parts, sets['train'].classes, args.layer, image_size, info)
     if args.plot:
         name = f'{info["method"]} {info["model"]} ({os.path.basename(args.model_path)})'
         panel, knn = fm.encoder_panel(name, args.layer, fm.view_parts(encoder), parts['train'][:2], parts['val'][:2],
                                       sets['train'].classes, args.seed)
         arrays['knn_top1'] = np.float64(knn)
-    write_atomically(args.out, lambda f: np.savez(f, **arrays), '--out')
+    writes = {args.out: file_writer(lambda f: np.savez(f, **arrays))}
+    if args.plot:
+        writes[args.plot] = file_writer(fm.feature_map_writer([panel], args.plot))
+    write_outputs(writes, {args.out: '--out', args.plot: '--plot'})             # both or neither
     print(f'wrote {args.out}: {len(arrays["features"])} x {arrays["features"].shape[1]} features')
     if args.plot:
-        fm.feature_map_figure([panel], args.plot)
         print(f'wrote {args.plot}: {panel["title"].replace(chr(10), "; ")}')
+
+
+def image_size_of(args, info):
+    """--image_size, else the checkpoint's training size, saying where it came from (a checkpoint that does not record
+    one gives 224, the reference's); refused where the model cannot take it."""
+    size = args.image_size
+    if size is None:
+        size = info['image_size']
+        if info.get('image_size_recorded', True):
+            print(f'image size {size}: the checkpoint\'s training size (give --image_size for another)')
+        else:
+            print(f'image size {size}: the checkpoint does not record one; give --image_size if it was trained at '
+                  f'another size')
+    flags.refuse_small_images(info['model'], size)
+    return size
+
+
+def multiview_views(args, encoder, splits):
+    """The views to read from --dataset multiview_folder: a CMC encoder's own; an InsDis / MoCo encoder takes RGB
+    images, which are its rgb/ folders (read there as for a colour view, L: the loader gives the rgb files' 3 uint8
+    channels, which the encoder preprocesses itself)."""
+    if encoder.is_cmc:
+        return encoder.info['views']
+    for split in splits:
+        root = os.path.join(args.data_folder or '', split)
+        if os.path.isdir(root) and not os.path.isdir(os.path.join(root, RGB_FOLDER)):
+            raise UserError(f'{root} has no {RGB_FOLDER}/ folder: a {encoder.info["method"]} encoder reads the RGB '
+                            f'images of --dataset multiview_folder from <split>/{RGB_FOLDER}/<class>/ (its other '
+                            f'view folders are for CMC encoders)')
+    print(f'--dataset multiview_folder: a {encoder.info["method"]} encoder reads the RGB images of the {RGB_FOLDER}/ '
+          f'folders (the other view folders are for CMC encoders)')
+    return ['L']
 
 
 def npz_arrays(parts, classes, layer, image_size, info):

@@ -39,7 +39,8 @@ from demo_lanes import Progress, run_in_process, run_lanes, run_script  # noqa: 
 # - MoCo keeps --shuffle_bn_splits 1 (the reference on one GPU: no ShuffleBN). Tried: splits 2, 5 epochs on seed 0
 #   (the shared CPU allowed no more), probe / kNN 59.3 / 45.8 against 56.9 / 48.1: no clear gain (README, ShuffleBN).
 CMC_MODEL, RGB_MODEL = 'resnet18v1', 'resnet18'
-COMMON = ['--dataset', 'demo', '--image_size', '64', '--num_workers', '0', '--print_freq', '1000']
+IMAGE_SIZE = 64
+COMMON = ['--dataset', 'demo', '--image_size', str(IMAGE_SIZE), '--num_workers', '0', '--print_freq', '1000']
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']
 PRETRAIN = {
     'cmc': ('train_CMC.py', CMC_MODEL, CONTRAST + ['--nce_t', '0.1']),
@@ -103,8 +104,13 @@ def save_random_encoder(name, model_name, path, seed):
     from models import build_cmc_model, build_ins_model
     torch.manual_seed(seed)
     model = build_cmc_model(model_name) if name == 'random' else build_ins_model(model_name)
-    checkpoint.save_checkpoint({'opt': {'model': model_name, 'seed': seed, 'note': 'random initialisation'},
-                                'model': model.state_dict(), 'epoch': 0}, path)
+    # the flags a pretraining checkpoint records that its loaders read (pretrained.load_encoder, the probes): the
+    # size the demo probes it at, its projection's width and, for CMC, its views (build_cmc_model's: L and ab)
+    opt = {'model': model_name, 'seed': seed, 'note': 'random initialisation', 'dataset': 'demo',
+           'image_size': IMAGE_SIZE, 'feat_dim': 128}
+    if name == 'random':
+        opt.update(view='Lab', views=['L', 'ab'], view_channels=[1, 2], objective='contrastive')
+    checkpoint.save_checkpoint({'opt': opt, 'model': model.state_dict(), 'epoch': 0}, path)
 
 
 def write_smoke_subset(path, per_class=SMOKE_PER_CLASS):

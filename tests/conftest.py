@@ -65,3 +65,16 @@ def write_class_folder(root, per_class=3, size=(12, 10)):
             Image.fromarray(array).save(path)
             written[path] = (array, label)
     return written
+
+
+# How writers that keep no OSError report a full disk: torch.save to a path (its C++ zip writer) and safetensors.
+TORCH_ZIP_FAILURE = '[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0'
+SAFETENSORS_NO_ROOM = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                       'device" }) (os error 28)')
+
+
+def no_room_left(monkeypatch, folder):
+    """Make os.statvfs say that ``folder``'s file system has no free block left (other folders as they are)."""
+    real = os.statvfs
+    full = os.statvfs_result((4096, 4096, 100, 0, 0, 10, 0, 0, 0, 255))     # f_bavail 0
+    monkeypatch.setattr(os, 'statvfs', lambda path: full if str(path) == str(folder) else real(path))

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, SAFETENSORS_NO_ROOM, TORCH_ZIP_FAILURE, no_room_left
 
 from engine import checkpoint, errors
 
@@ -172,3 +172,45 @@ def test_checkpoint_opt_reads_the_flags_of_new_and_legacy_files(tmp_path, zipped
     assert checkpoint.load_checkpoint(path, mmap=True)['model']['w'].tolist() == [0.0, 1.0, 2.0, 3.0]
     torch.save({'model': {}}, path)
     assert checkpoint.checkpoint_opt(path) == {}
+
+
+def test_an_exported_safetensors_file_and_a_missing_entry_are_short_lines(tmp_path):
+    """The probes given an export (a .safetensors file) say what to give instead, and a checkpoint without the entry
+    asked for names a few of its entries, not all of a state dict's hundreds."""
+    export = tmp_path / 'cmc.safetensors'
+    export.write_bytes(b'{}')
+    with pytest.raises(errors.UserError) as e:
+        checkpoint.load_checkpoint(str(export))
+    assert str(e.value) == (f'{export} is an exported encoder (scripts/export.py --to safetensors, for other '
+                            f'libraries; pretrained.load_encoder reads it); give the pretraining checkpoint (.pth) it '
+                            f'was exported from')
+    state = {f'encoder.layer{i}.weight': torch.zeros(1) for i in range(250)}
+    with pytest.raises(errors.UserError) as e:
+        checkpoint.checkpoint_section(state, 'model', 'x.pth')
+    assert str(e.value) == ("x.pth has no 'model' entry (it has encoder.layer0.weight, encoder.layer1.weight, "
+                            "encoder.layer10.weight, encoder.layer100.weight, encoder.layer101.weight, ... (250 in "
+                            "all)); is it the right kind of checkpoint?")
+
+
+@pytest.mark.parametrize('failure', ['enforce', 'rust', 'other'])
+def test_write_atomically_knows_a_full_disk_by_its_text_or_the_free_space_and_takes_the_advice(tmp_path,
+                                                                                               monkeypatch, failure):
+    """Writers that keep no OSError: safetensors says "(os error 28)"; torch.save to a path only "unexpected pos",
+    on a disk with no room left (statvfs faked). Another failure on a disk with room stays what it is."""
+    def write(f):
+        f.write(b'partial')
+        raise RuntimeError(SAFETENSORS_NO_ROOM if failure == 'rust' else TORCH_ZIP_FAILURE)
+
+    if failure == 'enforce':
+        no_room_left(monkeypatch, tmp_path)
+    path = tmp_path / 'map.png'
+    if failure == 'other':
+        with pytest.raises(RuntimeError, match='unexpected pos'):
+            checkpoint.write_atomically(str(path), write, '--plot')
+    else:
+        with pytest.raises(errors.UserError) as e:
+            checkpoint.write_atomically(str(path), write, '--plot', advice=' (no existing file was changed)')
+        assert re.fullmatch(rf'could not write {re.escape(str(path))}: No space left on device \(\d+ MiB free there\); '
+                            r'free some space or point --plot at a bigger disk \(no existing file was changed\)',
+                            str(e.value)), str(e.value)
+    assert os.listdir(tmp_path) == []

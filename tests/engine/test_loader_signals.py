@@ -109,8 +109,10 @@ def test_a_worker_killed_by_a_signal_is_one_line_with_the_resume_command(tmp_pat
     import time
     argv = ['train_CMC.py', '--dataset', 'folder', '--data_folder', image_folder, '--model_path',
             str(tmp_path / 'm'), '--tb_path', str(tmp_path / 'tb'), '--image_size', '64', '--num_workers', '2',
-            '--batch_size', '8', '--device', 'cpu', '--print_freq', '1', '--model', 'alexnet', '--nce_k', '8',
+            '--batch_size', '2', '--device', 'cpu', '--print_freq', '1', '--model', 'alexnet', '--nce_k', '8',
             '--epochs', '200', '--seed', '0', '--knn_freq', '0']
+    # 12 batches an epoch: when the kill comes (after epoch 3's first step) its workers still have batches to make,
+    # even on a loaded machine (with 3, two workers prefetching 2 each had made them all, and the death went unseen)
     run = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     try:
@@ -129,6 +131,6 @@ def test_a_worker_killed_by_a_signal_is_one_line_with_the_resume_command(tmp_pat
     assert run.returncode == 1 and time.time() - start < 30
     resume = ' '.join(['python', *argv, '--resume', current])
     assert err == (f'error: a data-loading worker (pid {worker}) was killed by signal SIGKILL, most likely by the '
-                   f"kernel's out-of-memory killer: lower --num_workers (2 now) or --batch_size (8 now); the "
+                   f"kernel's out-of-memory killer: lower --num_workers (2 now) or --batch_size (2 now); the "
                    f'checkpoints written are intact; resume with: {resume}\n')
     assert hashlib.sha256(open(current, 'rb').read()).hexdigest() == before

@@ -7,7 +7,9 @@ import glob
 import io
 import os
 import re
+import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from test_reliability import assert_same_state as assert_same  # tensors bit for
 import train_CMC
 import train_moco_ins
 from engine.checkpoint import load_checkpoint
+from engine.errors import UserError
 from engine.online_probe import FeatureTap, OnlineProbe
 from engine.runtime import Runtime
 from inputs.build import build_dataset
@@ -146,6 +149,24 @@ def test_a_run_without_the_probe_resumes_with_a_fresh_one(tmp_path, image_folder
     assert len(notes) == 1 and 'written without --online_probe' in notes[0]
     assert resumed['epoch'] == 2 and len(TOP1.findall(printed)) == 1
     assert resumed['online_probe']['weight'].abs().sum() > 0
+
+
+def test_resuming_on_another_number_of_classes_says_so_in_one_line(tmp_path):
+    """The same images, class_3's moved into class_2: the checkpoint's probe has 4 rows, the data set now 3."""
+    four = colour_folder(tmp_path / 'four', per_class=(3, 2))
+    three = shutil.copytree(four, tmp_path / 'three')
+    for split in ('train', 'val'):
+        for name in os.listdir(three / split / 'class_3'):
+            os.rename(three / split / 'class_3' / name, three / split / 'class_2' / f'moved_{name}')
+        os.rmdir(three / split / 'class_3')
+    ckpt, _ = pretrain(train_CMC, tmp_path, four, '--online_probe', epochs=1)
+    (current,) = glob.glob(str(tmp_path / 'm' / '*' / 'current.pth'))
+    before = Path(current).read_bytes()
+    with pytest.raises(UserError) as e:
+        pretrain(train_CMC, tmp_path, str(three), '--online_probe', '--resume', 'auto')
+    assert str(e.value) == (f'{current}: its online probe classifies 4 classes, but the data set now has 3; resume on '
+                            f'the data it was trained on, or drop --online_probe to resume without the probe')
+    assert Path(current).read_bytes() == before and ckpt['online_probe']['weight'].shape == (4, 512)
 
 
 def test_without_a_labelled_val_split_the_probe_is_off_in_one_line(tmp_path):

@@ -8,6 +8,8 @@ import importlib
 import json
 import os
 import pickle
+import pickletools
+import re
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ import timm
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
-from conftest import ROOT
+from conftest import ROOT, SAFETENSORS_NO_ROOM, TORCH_ZIP_FAILURE, no_room_left
 from safetensors import safe_open
 from torch import nn
 
@@ -162,7 +164,11 @@ def test_detectron2_file_maps_back_to_our_features(tmp_path, checkpoints, encode
     written = export_to(tmp_path, checkpoints[name], 'detectron2', 'r50_{view}.pkl')
     for (view, views, ours), path in zip(per_view(encoders[name], images), written):
         with open(path, 'rb') as f:
+            names = {arg for op, arg, _ in pickletools.genops(f) if op.name in ('SHORT_BINUNICODE', 'BINUNICODE')}
+            f.seek(0)
             data = pickle.load(f)
+        # the classes the pickle calls, names any numpy has (numpy 2's own pickling names numpy._core)
+        assert {'numpy', 'ndarray', 'builtins', 'bytearray'} <= names and not any('core' in n for n in names)
         assert data['__author__'] and data['matching_heuristics'] is True
         model = data['model']
         assert {'stem.conv1.weight', 'stem.conv1.norm.running_var', 'res2.0.shortcut.weight',
@@ -201,8 +207,8 @@ def test_safetensors_holds_every_encoder_and_its_preprocessing(tmp_path, checkpo
     if name == 'cmc_depth':
         assert other[0]['kind'] == 'file' and other[0]['view'] == 'depth'
     # a view read from files cannot be made from RGB: the views tensor itself, as the user would give it
-    inputs = images if encoder.view is not None else torch.randn(3, 2, SIZE, SIZE)
-    assert_same_features(load_encoder(path).features(inputs), encoder.features(inputs), f'safetensors {name}')
+    given = {'images': images} if encoder.view is not None else {'views': torch.randn(3, 2, SIZE, SIZE)}
+    assert_same_features(load_encoder(path).features(**given), encoder.features(**given), f'safetensors {name}')
 
 
 def run_cli(capsys, *argv):
@@ -261,6 +267,41 @@ def test_a_failed_export_changes_nothing(tmp_path, checkpoints, monkeypatch):
     assert (tmp_path / 'cmc_L.pth').read_bytes() == b'old bytes' and os.listdir(tmp_path) == ['cmc_L.pth']
 
 
+@pytest.mark.parametrize('failure', ['torch', 'safetensors', 'other'])
+def test_a_full_disk_is_one_line_whatever_the_writer_raises(tmp_path, checkpoints, monkeypatch, failure):
+    """Writers that keep no OSError: torch.save to a path raises only its zip writer's RuntimeError (the disk then
+    has no room left: statvfs faked), safetensors a SafetensorError whose text has "os error 28". Another failure,
+    with room on the disk, stays the traceback of a bug."""
+    from safetensors import SafetensorError
+
+    def fail(*args):                                # (payload, path): torch.save's; (encoder, path): the export's
+        with open(args[-1], 'wb') as f:
+            f.write(b'partial')
+        raise SafetensorError(SAFETENSORS_NO_ROOM) if failure == 'safetensors' else RuntimeError(TORCH_ZIP_FAILURE)
+
+    if failure == 'torch':
+        no_room_left(monkeypatch, tmp_path)
+    monkeypatch.setattr(torch, 'save', fail)
+    monkeypatch.setattr(export, 'write_safetensors', fail)
+    to, out = ('safetensors', 'x.safetensors') if failure == 'safetensors' else ('torchvision', 'x.pth')
+    if failure == 'other':
+        with pytest.raises(RuntimeError, match='unexpected pos'):
+            export_to(tmp_path, checkpoints['moco_resnet50'], to, out)
+    else:
+        with pytest.raises(UserError) as e:
+            export_to(tmp_path, checkpoints['moco_resnet50'], to, out)
+        assert re.fullmatch(rf'could not write {re.escape(str(tmp_path / out))}: No space left on device \(\d+ MiB '
+                            r'free there\); free some space or give --out on another disk \(no existing file was '
+                            r'changed\)', str(e.value)), str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_out_is_refused_before_any_work(tmp_path, checkpoints, capsys):
+    for to in ('torchvision', 'safetensors'):
+        code, err = run_cli(capsys, '--model_path', str(tmp_path / 'not_read.pth'), '--to', to, '--out', '')
+        assert code == 2 and err == 'error: --out is empty; give the file to write'
+
+
 def test_the_script_runs_from_the_shell(tmp_path, checkpoints):
     command = [sys.executable, 'scripts/export.py', '--model_path', checkpoints['cmc_resnet18v1'], '--to',
                'torchvision', '--out', str(tmp_path / 'cmc_{view}.pth')]
@@ -268,3 +309,47 @@ def test_the_script_runs_from_the_shell(tmp_path, checkpoints):
     assert done.returncode == 2 and done.stdout == ''
     assert done.stderr.startswith('error: --to torchvision cannot hold --model resnet18v1 (a cmc ResNet-18 at '
                                   'width 0.5)') and 'export it with --to safetensors' in done.stderr
+
+
+def test_a_symlinked_output_is_written_through(tmp_path, checkpoints):
+    """--out a link: the file it points to gets the export (a dangling link's target is created); the link stays."""
+    target, link = tmp_path / 'target.pth', tmp_path / 'link.pth'
+    target.write_bytes(b'old')
+    link.symlink_to(target.name)
+    export_to(tmp_path, checkpoints['moco_resnet50'], 'torchvision', str(link), '--overwrite')
+    assert link.is_symlink()
+    assert torch.load(str(target), weights_only=True)['fc.weight'].shape == (1000, 2048)
+    dangling = tmp_path / 'dangling.pth'
+    dangling.symlink_to('made.pth')
+    export_to(tmp_path, checkpoints['moco_resnet50'], 'torchvision', str(dangling))
+    assert dangling.is_symlink() and (tmp_path / 'made.pth').is_file()
+
+
+def test_exports_given_as_checkpoints_and_a_contradicting_view_are_one_line(tmp_path, checkpoints, capsys):
+    pkl = tmp_path / 'cmc_{view}.pkl'
+    export_to(tmp_path, checkpoints['cmc_resnet50v2'], 'detectron2', str(pkl))
+    code, err = run_cli(capsys, '--model_path', str(tmp_path / 'cmc_L.pkl'), '--to', 'safetensors', '--out',
+                        str(tmp_path / 'x.safetensors'))
+    assert code == 2 and err.startswith('error: ') and 'is a detectron2 export' in err and '\n' not in err
+    code, err = run_cli(capsys, '--model_path', checkpoints['cmc_resnet50v2'], '--view', 'YCbCr', '--to',
+                        'safetensors', '--out', str(tmp_path / 'y.safetensors'))
+    assert code == 2 and '--view YCbCr contradicts' in err and 'records the views L ab' in err
+    assert not (tmp_path / 'y.safetensors').exists()
+
+
+@pytest.mark.parametrize('key,value,needle', [
+    ('model', 'resnet99', "model 'resnet99'"), ('method', 'simclr', "method 'simclr'"),
+    ('method', 'moco', "model 'resnet18v1' for method 'moco'"), ('view_channels', ['1', '2'], 'view_channels'),
+    ('views', None, 'views None'), ('preprocessing', 'junk', 'preprocessing that does not match'),
+    ('image_size', -5, 'image_size -5'),
+])
+def test_safetensors_metadata_that_describes_no_encoder_is_one_line(tmp_path, checkpoints, key, value, needle):
+    from safetensors.torch import load_file, save_file
+    good = tmp_path / 'good.safetensors'
+    export_to(tmp_path, checkpoints['cmc_resnet18v1'], 'safetensors', str(good))
+    with safe_open(str(good), 'pt') as f:
+        metadata = f.metadata()
+    metadata[key] = json.dumps(value)
+    save_file(load_file(str(good)), str(tmp_path / 'bad.safetensors'), metadata=metadata)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        load_encoder(str(tmp_path / 'bad.safetensors'))

@@ -1,6 +1,7 @@
 """scripts/extract_features.py on tiny generated image folders and random-init checkpoints: the saved features against
 the encoder run here on images decoded and cropped by hand, the kNN in the map's title against a kNN written out in
 numpy, the map itself, and one error line for each bad input."""
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from PIL import Image
 
 from engine import checkpoint, errors
 from models import build_cmc_model
+from pretrained import feature_map as fm
 from pretrained import load_encoder
 from pretrained.feature_map import DPI, LEGEND_INCHES, PANEL_INCHES
 
@@ -117,19 +119,25 @@ def test_one_split_and_overwrite(run, tmp_path):
     np.testing.assert_allclose(saved['features'], both['features'][12:], atol=1e-5, rtol=0)
 
 
-def test_multiview_folder_features_come_from_the_views_tensor(tmp_path):
-    from inputs.build import build_dataset
-    from inputs.transforms import eval_transform
-    from views import ViewStack
+def nyu_folder(root, views=('rgb', 'depth')):
+    """root/{train,val}/<view>/c{0,1}/{0,1,2}.png: random 40 x 40 RGB images and their green channel as depth."""
     rng = np.random.default_rng(0)
     for split in ('train', 'val'):
         for c in range(2):
             for i in range(3):
                 rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
                 for view, pixels in (('rgb', rgb), ('depth', rgb[:, :, 1])):
-                    os.makedirs(tmp_path / 'nyu' / split / view / f'c{c}', exist_ok=True)
-                    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp_path / 'nyu' / split / view / f'c{c}'
-                                                                       / f'{i}.png')
+                    if view in views:
+                        os.makedirs(root / split / view / f'c{c}', exist_ok=True)
+                        Image.fromarray(np.ascontiguousarray(pixels)).save(root / split / view / f'c{c}' / f'{i}.png')
+    return str(root)
+
+
+def test_multiview_folder_features_come_from_the_views_tensor(tmp_path):
+    from inputs.build import build_dataset
+    from inputs.transforms import eval_transform
+    from views import ViewStack
+    nyu_folder(tmp_path / 'nyu')
     ckpt = save_cmc(tmp_path / 'depth.pth', views=('L', 'depth'), channels=(1, 1))
     out = tmp_path / 'depth.npz'
     extract_features.main(['--model_path', ckpt, '--dataset', 'multiview_folder', '--data_folder',
@@ -138,9 +146,12 @@ def test_multiview_folder_features_come_from_the_views_tensor(tmp_path):
     dataset = build_dataset('multiview_folder', str(tmp_path / 'nyu'), 'train', eval_transform(SIZE),
                             views=['L', 'depth'])
     views = ViewStack(['L', 'depth'], {'depth': 1})(torch.stack([dataset[i][0] for i in range(len(dataset))]))
-    np.testing.assert_allclose(saved['features'], load_encoder(ckpt).features(views).numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(saved['features'], load_encoder(ckpt).features(views=views).numpy(), atol=1e-5, rtol=0)
     assert [os.path.relpath(p, tmp_path / 'nyu' / 'train') for p in saved['paths']] == \
         [f'rgb/c{c}/{i}.png' for c in range(2) for i in range(3)]
+    with pytest.raises(errors.UserError, match=r'trained on views read from files \(depth\): give --dataset multiview_folder'):
+        extract_features.main(['--model_path', ckpt, '--dataset', 'folder', '--data_folder', str(tmp_path / 'nyu'),
+                               '--out', str(tmp_path / 'rgb.npz'), '--num_workers', '0'])
 
 
 def fails(argv, capsys):
@@ -179,3 +190,106 @@ def test_bad_input_is_one_error_line_and_nothing_written(run, tmp_path, capsys):
                                                     str(tmp_path / 'm.png')], capsys)
     assert [f.read_bytes() for f in files] == before
     assert sorted(os.listdir(tmp_path)) == ['probe.pth', 'unlabelled.npz']
+
+
+def save_rgb(path, model='resnet18', **opt):
+    """A MoCo checkpoint (random weights) recording ``opt``."""
+    from models import build_ins_model
+    torch.manual_seed(0)
+    checkpoint.save_checkpoint({'opt': {'model': model, 'moco': True, **opt}, 'model': build_ins_model(model).state_dict(),
+                                'epoch': 1}, path)
+    return str(path)
+
+
+def test_an_rgb_encoder_reads_the_rgb_folders_of_multiview_data(tmp_path, capsys):
+    data = nyu_folder(tmp_path / 'nyu')
+    ckpt, out = save_rgb(tmp_path / 'moco.pth', image_size=SIZE), tmp_path / 'moco.npz'
+    extract_features.main(['--model_path', ckpt, '--dataset', 'multiview_folder', '--data_folder', data, '--out',
+                           str(out), '--num_workers', '0', '--split', 'val'])
+    assert ('--dataset multiview_folder: a moco encoder reads the RGB images of the rgb/ folders (the other view '
+            'folders are for CMC encoders)') in capsys.readouterr().out
+    saved = np.load(out, allow_pickle=False)
+    paths = [os.path.join(data, 'val', 'rgb', f'c{c}', f'{i}.png') for c in range(2) for i in range(3)]
+    assert saved['paths'].tolist() == paths and saved['labels'].tolist() == [0, 0, 0, 1, 1, 1]
+    from inputs.build import build_dataset
+    from inputs.transforms import eval_transform
+    stacked = build_dataset('multiview_folder', data, 'val', eval_transform(SIZE), views=['L', 'depth'])
+    rgb = torch.stack([stacked[i][0][:3] for i in range(len(stacked))])          # the rgb files, as CMC's L reads them
+    np.testing.assert_allclose(saved['features'], load_encoder(ckpt).features(images=rgb).numpy(), atol=1e-5, rtol=0)
+    depth_only = nyu_folder(tmp_path / 'depth_only', views=('depth',))
+    assert fails(['--model_path', ckpt, '--dataset', 'multiview_folder', '--data_folder', depth_only, '--out',
+                  str(tmp_path / 'x.npz')], capsys) == (
+        f'error: {depth_only}/train has no rgb/ folder: a moco encoder reads the RGB images of --dataset '
+        f'multiview_folder from <split>/rgb/<class>/ (its other view folders are for CMC encoders)')
+
+
+def test_outputs_that_are_one_file_or_empty_are_refused_before_any_work(run, tmp_path, capsys):
+    data, ckpt, _, _ = run
+    base = ['--model_path', ckpt, '--dataset', 'folder', '--data_folder', data, '--num_workers', '0']
+    same = str(tmp_path / 'f.png')
+    assert fails(base + ['--out', same, '--plot', same], capsys) == (
+        f'error: --plot {same} is the same file as --out {same}: one would overwrite the other; give each its own file')
+    os.symlink(tmp_path / 'f.npz', tmp_path / 'link.png')                       # to an --out not yet written
+    line = fails(base + ['--out', str(tmp_path / 'f.npz'), '--plot', str(tmp_path / 'link.png'), '--overwrite'], capsys)
+    assert line.startswith(f'error: --plot {tmp_path}/link.png is the same file as --out {tmp_path}/f.npz')
+    assert fails(base + ['--out', ''], capsys) == 'error: --out is empty; give the file to write'
+    assert fails(base + ['--out', same, '--plot', ''], capsys) == 'error: --plot is empty; give the file to write'
+    assert os.listdir(tmp_path) == ['link.png']
+
+
+def test_the_image_size_says_where_it_comes_from_and_alexnet_needs_64(tmp_path, capsys):
+    """Each run stops at the missing data folder, after the line (nothing extracted)."""
+    base = ['--dataset', 'folder', '--data_folder', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'x.npz')]
+    unrecorded = save_rgb(tmp_path / 'old.pth')
+    with pytest.raises(SystemExit):
+        errors.run_main(extract_features.main, ['--model_path', unrecorded, *base])
+    assert capsys.readouterr().out.splitlines() == [
+        'image size 224: the checkpoint does not record one; give --image_size if it was trained at another size']
+    with pytest.raises(SystemExit):
+        errors.run_main(extract_features.main, ['--model_path', save_rgb(tmp_path / 'new.pth', image_size=48), *base])
+    assert capsys.readouterr().out.splitlines() == [
+        "image size 48: the checkpoint's training size (give --image_size for another)"]
+    torch.manual_seed(0)
+    alexnet = str(tmp_path / 'alexnet.pth')
+    checkpoint.save_checkpoint({'opt': {'model': 'alexnet', 'views': ['L', 'ab'], 'view_channels': [1, 2],
+                                        'image_size': 64}, 'model': build_cmc_model('alexnet').state_dict()}, alexnet)
+    assert fails(['--model_path', alexnet, *base, '--image_size', '32'], capsys) == (
+        'error: --model alexnet needs --image_size 64 or more (its pooling runs out of pixels), got 32')
+
+
+def test_skip_bad_images_leaves_an_undecodable_image_out(run, tmp_path, capsys):
+    _, ckpt, _, _ = run
+    data = make_image_folder(tmp_path / 'data', classes=2, per_class=3, size=40)
+    bad = os.path.join(data, 'val', 'class_0', '1.png')
+    Path(bad).write_bytes(Path(bad).read_bytes()[:60])                          # a truncated PNG
+    args = ['--model_path', ckpt, '--dataset', 'folder', '--data_folder', data, '--split', 'val', '--num_workers', '0',
+            '--out', str(tmp_path / 'val.npz')]
+    assert 'pass --skip_bad_images to skip such files' in fails(args, capsys)
+    with pytest.warns(UserWarning, match='skipping undecodable image'):
+        extract_features.main(args + ['--skip_bad_images'])
+    assert 'val: 5 images -> (5, 512) features at layer 6' in capsys.readouterr().out
+    saved = np.load(tmp_path / 'val.npz', allow_pickle=False)
+    paths = [os.path.join(data, 'val', f'class_{c}', f'{i}.png') for c in range(2) for i in range(3)]
+    paths.remove(bad)
+    assert saved['paths'].tolist() == paths and saved['labels'].tolist() == [0, 0, 1, 1, 1]
+    want = load_encoder(ckpt).features(images=torch.stack([eval_crop(p) for p in paths])).numpy()
+    np.testing.assert_allclose(saved['features'], want, atol=1e-5, rtol=0)
+
+
+def test_a_full_disk_leaves_both_outputs_as_they_were(run, tmp_path, monkeypatch):
+    """--out and --plot are written together: the plot's write filling the disk keeps the old --out too, and the
+    line's advice is this script's (not a training run's --resume)."""
+    data, ckpt, _, _ = run
+    out, png = tmp_path / 'f.npz', tmp_path / 'f.png'
+    out.write_bytes(b'old')
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(fm, 'feature_map_writer', lambda panels, path: no_room)
+    with pytest.raises(errors.UserError) as e:
+        extract_features.main(['--model_path', ckpt, '--dataset', 'folder', '--data_folder', data, '--out', str(out),
+                               '--plot', str(png), '--num_workers', '0', '--overwrite'])
+    assert re.fullmatch(rf'could not write {re.escape(str(png))}: No space left on device \(\d+ MiB free there\); free '
+                        r'some space or give --plot on another disk \(no existing file was changed\)', str(e.value))
+    assert os.listdir(tmp_path) == ['f.npz'] and out.read_bytes() == b'old'

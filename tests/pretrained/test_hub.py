@@ -197,12 +197,12 @@ def test_a_view_read_from_files_needs_the_views_tensor(tmp_path, photos):
     encoder = hub('cmc', tmp_path / 'depth.pth')
     with pytest.raises(UserError) as error:
         encoder.preprocess(photos)
-    assert 'depth' in one_line(error) and 'give features() the views tensor' in one_line(error)
+    assert 'depth' in one_line(error) and 'give features(views=...) the views tensor' in one_line(error)
     depth = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     views_tensor = torch.cat([scikit_views(photos, skimage.color.rgb2lab, LAB), depth], dim=1)   # float64
     with torch.no_grad():
         expected = torch.cat(model(views_tensor.float(), 6), dim=1)
-    assert max_diff(encoder.features(views_tensor), expected) <= 1e-5
+    assert max_diff(encoder.features(views=views_tensor), expected) <= 1e-5
 
 
 def edges_checkpoint(folder, module, module_path):
@@ -231,10 +231,10 @@ def test_a_view_module_gone_needs_the_views_tensor_or_view_module(tmp_path, phot
         encoder.preprocess(photos)
     message = one_line(error)
     assert gone in message and 'view_module=PATH' in message and 'the view(s) edges' in message
-    assert 'give features() the views tensor' in message
+    assert 'give features(views=...) the views tensor' in message
     views_tensor = torch.randn(3, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert max_diff(encoder.features(views_tensor), torch.cat(model(views_tensor, 6), dim=1)) <= 1e-5
+        assert max_diff(encoder.features(views=views_tensor), torch.cat(model(views_tensor, 6), dim=1)) <= 1e-5
     found = hub('cmc', path, view_module=EDGES)                     # the way out the message gives
     assert torch.equal(found.preprocess(photos)[:, 1:], views.get_view('edges').fn(photos))
 

@@ -40,6 +40,7 @@ def test_demo_smoke(tmp_path):
         arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
         build(arch).load_state_dict(ckpt['model'])
         assert 'epoch' in ckpt and 'opt' in ckpt
+        assert ckpt['opt']['image_size'] == 64        # the random ones too: extract_features.py crops at it
 
 
 def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
