@@ -38,10 +38,10 @@ def load_encoder(path, model=None, view_module=None, device='cpu', view=None):
         files = None                        # a .pth says which views are files by its --dataset
     if model is not None and model != info['model']:
         raise UserError(f'--model {model} contradicts {path}, which holds a --model {info["model"]} encoder; drop it')
-    unavailable = own_views(info, view_module, path, files)
+    module_missing = own_views(info, view_module, path, files)
     network = build_network(info)
     load_weights(network, state, f'--model {info["model"]}', path, info['model'])
-    view_maker, unavailable = _view_of(info, unavailable, path)
+    view_maker, unavailable = _view_of(info, module_missing, path)
     encoder = PretrainedEncoder(network, info, view_maker, unavailable).to(device).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -95,8 +95,9 @@ def _read_checkpoint(path, model, view):
 
 
 def describe(opt, model, ckpt, path):
-    """The encoder's info: method, model, width, feat_dim, views and their channels, each view's preprocessing, the
-    default feature layer, the training image size, the source file and its sha256."""
+    """The encoder's info: method, model, width, feat_dim, views and their channels, the default feature layer, the
+    training image size and data set, the view module, the source file and its sha256 (each view's preprocessing is
+    added by ``own_views``, once the views' module is imported)."""
     if model in INS_MODEL_NAMES:
         method = 'moco' if opt.get('moco') or 'model_ema' in ckpt else 'insdis'
         views, channels = ['RGB'], [3]
@@ -104,13 +105,12 @@ def describe(opt, model, ckpt, path):
         method = 'cmc-predictive' if opt.get('objective') == 'predictive' else 'cmc'
         views = list(opt.get('views') or LEGACY_VIEWS[opt.get('view') or 'Lab'])
         channels = list(opt.get('view_channels') or [_registered_channels(view, path) for view in views])
-    info = {'method': method, 'model': model, 'width': model_width(model), 'feat_dim': int(opt.get('feat_dim') or 128),
+    return {'method': method, 'model': model, 'width': model_width(model), 'feat_dim': int(opt.get('feat_dim') or 128),
             'views': views, 'view_channels': [int(c) for c in channels], 'feature_layer': DEFAULT_LAYER,
             'image_size': int(opt.get('image_size') or 224),
             'image_size_recorded': bool(opt.get('image_size')), 'view_module': opt.get('view_module'),
             'view_module_path': opt.get('view_module_path'), 'dataset': opt.get('dataset'), 'epoch': ckpt.get('epoch'),
             'source': os.path.basename(path), 'source_sha256': sha256_of(path)}
-    return info
 
 
 def own_views(info, view_module, path, files=None):
