@@ -2,11 +2,10 @@
 naming the right entry, a checkpoint of another method."""
 import os
 
-from engine.checkpoint import load_checkpoint
 from engine.errors import UserError
 from models import CMC_MODEL_NAMES, INS_MODEL_NAMES
 from pretrained.encoder import CMC_METHODS
-from pretrained.load import SAFETENSORS_SUFFIX, load_encoder
+from pretrained.load import load_encoder
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # where hubconf.py is
 # entry -> (its name in messages, the --model names it builds)
@@ -29,7 +28,7 @@ def load_entry(entry, checkpoint, arch=None, view_module=None, device='cpu', vie
         raise UserError(f'hub entry {entry!r}: arch={arch!r} is no {name} --model; give one of {", ".join(models)}')
     encoder = load_encoder(checkpoint, arch, view_module, device, view)
     found = hub_entry(encoder.info['method'])
-    if found != entry and {found, entry} <= {'insdis', 'moco'} and not _records_moco(checkpoint):
+    if found != entry and {found, entry} <= {'insdis', 'moco'} and not encoder.info.get('method_recorded', True):
         encoder.info['method'] = entry          # the file does not say which of the two it is: as the entry says
     elif found != entry:
         raise UserError(f'{checkpoint} holds an encoder trained with {ENTRIES[found][0]} (--model '
@@ -37,11 +36,3 @@ def load_entry(entry, checkpoint, arch=None, view_module=None, device='cpu', vie
                         f'torch.hub.load({REPO_DIR!r}, {found!r}, source=\'local\', checkpoint={str(checkpoint)!r})')
     return encoder
 
-
-def _records_moco(path):
-    """Whether an InsDis / MoCo checkpoint says which it is: an export's metadata does; a .pth by its opt's 'moco'
-    flag or a 'model_ema' entry (its tensors mapped, not read)."""
-    if str(path).endswith(SAFETENSORS_SUFFIX):
-        return True
-    ckpt = load_checkpoint(path, mmap=True)
-    return 'moco' in (ckpt.get('opt') if isinstance(ckpt.get('opt'), dict) else {}) or 'model_ema' in ckpt

@@ -96,7 +96,8 @@ def _read_checkpoint(path, model, view):
 
 def describe(opt, model, ckpt, path):
     """The encoder's info: method, model, width, feat_dim, views and their channels, the default feature layer, the
-    training image size and data set, the view module, the source file and its sha256 (each view's preprocessing is
+    training image size and data set, the view module, whether the file says InsDis or MoCo (``method_recorded``: its
+    opt's 'moco' flag or a 'model_ema' entry), the source file and its sha256 (each view's preprocessing is
     added by ``own_views``, once the views' module is imported)."""
     if model in INS_MODEL_NAMES:
         method = 'moco' if opt.get('moco') or 'model_ema' in ckpt else 'insdis'
@@ -110,6 +111,7 @@ def describe(opt, model, ckpt, path):
             'image_size': int(opt.get('image_size') or 224),
             'image_size_recorded': bool(opt.get('image_size')), 'view_module': opt.get('view_module'),
             'view_module_path': opt.get('view_module_path'), 'dataset': opt.get('dataset'), 'epoch': ckpt.get('epoch'),
+            'method_recorded': model not in INS_MODEL_NAMES or 'moco' in opt or 'model_ema' in ckpt,
             'source': os.path.basename(path), 'source_sha256': sha256_of(path)}
 
 
