@@ -30,43 +30,58 @@ class Progress:
 RUNNING = set()          # the scripts running now, so that a failing lane can stop the other
 
 
-def run_script(args, log_path, progress, total_epochs, every=1, label='', threads=None):
-    """Run one of the four scripts as a user would; show its epochs as progress, keep its output in a log."""
+def run_script(args, log_path, progress, total_epochs, every=1, label='', threads=None, quiet=False):
+    """Run one of the four scripts as a user would; keep its output in a log and show its epochs as progress: after
+    the second epoch (the first warms up) the stage's minutes left, then every ``every`` epochs one line with the
+    epochs done, the minutes left (the mean epoch since the first, times the epochs to go) and the latest kNN.
+    ``quiet``: no progress lines. Returns the script's output."""
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     if threads:
         env['OMP_NUM_THREADS'] = str(threads)
+    name = f'{label} ' if label else ''
     with open(log_path, 'w') as log:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env)
         RUNNING.add(proc)
-        pending = None                    # an epoch's progress line, waiting for the kNN top-1 that may follow it
+        times, knn, due = [], None, None         # due: an epoch whose line waits for the kNN that may follow it
         for line in proc.stdout:
             log.write(line)
             m = re.match(r'(?:train )?epoch (\d+), total time ([\d.]+)', line)
-            knn = re.match(r'kNN .* top-1 on val: ([\d.]+)', line)
-            if knn and pending:
-                progress.say(f'{pending}, kNN top-1 {float(knn.group(1)):.1f}')
-                pending = None
-            elif m:
-                if pending:                   # that epoch had no kNN
-                    progress.say(pending)
+            found = re.match(r'kNN .* top-1 on val: ([\d.]+)', line)
+            if found:
+                knn = float(found.group(1))
+            if due is not None and (found or m):
+                progress.say(epoch_line(name, due, total_epochs, times, knn))
+                due = None
+            if m and not quiet:
                 epoch = int(m.group(1))
-                if epoch == min(2, total_epochs - 1):     # epoch 1 warms up: estimate from the one after it
-                    left = float(m.group(2)) * (total_epochs - epoch)
-                    left = f'{left:.0f} s' if left < 90 else f'{left / 60:.0f} min'
-                    progress.say(f'      {label + " " if label else ""}about {left} left in this stage '
-                                 f'({total_epochs - epoch} epochs at {float(m.group(2)):.0f} s)')
-                due = epoch % every == 0 or epoch == total_epochs
-                pending = (f'      {label + " " if label else ""}epoch {epoch}/{total_epochs} '
-                           f'({float(m.group(2)):.0f} s)') if due else None
-        if pending:
-            progress.say(pending)
+                times.append(float(m.group(2)))
+                if epoch == min(2, total_epochs - 1):
+                    progress.say(f'      {name}about {minutes_left(times, total_epochs - epoch)} left in this stage '
+                                 f'({total_epochs - epoch} epochs at {times[-1]:.0f} s)')
+                if epoch % every == 0 or epoch == total_epochs:
+                    due = epoch
+        if due is not None:
+            progress.say(epoch_line(name, due, total_epochs, times, knn))
         proc.wait()
         RUNNING.discard(proc)
     if proc.returncode != 0:
         tail = open(log_path).read().strip().splitlines()[-3:]
         raise SystemExit(f'demo stage failed ({" ".join(args[:1])}); see {log_path}:\n' + '\n'.join(tail))
     return open(log_path).read()
+
+
+def minutes_left(epoch_seconds, epochs_to_go):
+    """'N s' or 'N min': epochs_to_go times the mean epoch after the first (which warms up), or the first alone."""
+    recent = epoch_seconds[1:] or epoch_seconds
+    left = sum(recent) / len(recent) * epochs_to_go
+    return f'{left:.0f} s' if left < 90 else f'{left / 60:.0f} min'
+
+
+def epoch_line(name, epoch, total_epochs, epoch_seconds, knn):
+    """'cmc epoch 20/150, 6 min left, kNN top-1 45.6' (the kNN: the latest so far, if any)."""
+    left = f', {minutes_left(epoch_seconds, total_epochs - epoch)} left' if epoch < total_epochs else ', done'
+    return f'      {name}epoch {epoch}/{total_epochs}{left}' + (f', kNN top-1 {knn:.1f}' if knn is not None else '')
 
 
 def run_in_process(args, log_path):

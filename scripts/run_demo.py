@@ -2,11 +2,13 @@
 encoder of the same architecture, and print a table. Run it through ``bash scripts/demo.sh`` (which makes the
 virtualenv), or directly:
 
-    python scripts/run_demo.py                  # the full demo, ~12-14 minutes on 2 CPU cores
+    python scripts/run_demo.py                  # the full demo (README, "The demo", for the minutes it takes)
+    python scripts/run_demo.py --minutes 5      # every stage's epochs scaled to fit 5 minutes on this machine
     python scripts/run_demo.py --smoke          # one short epoch per stage on a small subset, to check the plumbing
     python scripts/run_demo.py --seed 1 --out results/demo_seed1
 
-Writes ``<out>.md`` (the table) and ``<out>.png`` (probe accuracy per method, pretraining loss curves), and keeps
+Writes ``<out>.md`` (the table: the demo's probe, ``pretrained/linear_eval.py``, beside the reference's cached probe
+and the kNN) and ``<out>.png`` (probe accuracy, pretraining loss, kNN per epoch, feature maps), and keeps
 every probed encoder under ``<out>/`` as cmc.pth, insdis.pth, moco.pth, random.pth (CMC's architecture) and
 random_rgb.pth (InsDis/MoCo's), in the pretraining checkpoint format, so that LinearProbing.py / eval_moco_ins.py can
 probe them again on other data; ``<out>/feature_map.png``: 2-D maps of CMC's and its random encoder's val features.
@@ -22,25 +24,39 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from demo_lanes import Progress, run_in_process, run_lanes, run_script  # noqa: E402  (scripts/)
+import demo_report  # noqa: E402  (scripts/)
+from pretrained import linear_eval  # noqa: E402
+from demo_lanes import Progress, run_in_process, run_lanes, run_script  # noqa: E402
 
-# The recipe, chosen so that the whole demo fits 15 minutes on 2 CPU cores (README, "The demo"):
-# - ResNet-18 encoders at 64 px: CMC's two half-width ones on L and ab (resnet18v1), one on RGB for InsDis / MoCo.
-# - InsDis / MoCo use the reference's --aug NULL (crop and flip, no colour jitter or grayscale): colour is what tells
-#   emoji categories apart (flags, yellow faces, blue symbols), and jitter would teach the encoder to ignore it.
-# - CMC keeps the reference's crops (--crop_low 0.2) and lr 0.03. Tried and not kept: crop_low 0.6 with lr 0.06, best
-#   of a 60-epoch screen on seed 0 (probe / kNN 68.5 / 59.3 against 62.4 / 52.9; crop_low 0.4: 65.1 / 60.1, 0.8:
-#   64.0 / 58.5; lr 0.06 alone 65.1 / 57.1, lr 0.12 61.6 / 54.0, nce_t 0.07 60.1 / 46.8), probed 1.0 point lower on
-#   each of seeds 0, 1, 2 at the full 150 epochs (66.9 / 66.7 / 63.8 against 68.0 / 67.2 / 65.1), kNN 1.1 higher.
-# - Every encoder, random ones included, gets the same probe: the seed's ResNet layer (6, after global pooling), a
-#   parameter-free BatchNorm on the frozen features (--bn) so one learning rate suits all feature scales, SGD at 0.1.
+# The recipe. Chosen on folds of the train split (``bench/demo_recipe.py``: 5 folds, the weighted kNN and the demo's
+# probe on each held-out fold), never on val; float32 CPU time of one process on one thread, this project's 2-core
+# Xeon, the other core busy with a second screen. Random encoders at the same size, for the margins.
+# - 32 px instead of 64: a quarter of the pixels, 0.29x the time of a CMC epoch (3.5 s against ~12 s). CMC at 32 px
+#   for 150 epochs (lr decay at 120) scored train-fold kNN / probe 66.4 / 68.1 against its random encoder's 41.1 /
+#   56.3 (+25.3 / +11.8): as good as today's 64 px CMC (66.5 / 68.5 against 38.2 / 59.3), at 525 s of CPU.
+#   CMC at 48 px for 60 epochs (lr decay 40, 50): 52.4 / 60.6 against 39.1 / 60.9 (+13.3 / -0.3), 417 s: CMC
+#   needs its epochs more than its pixels.
+# - InsDis and MoCo, one full-width RGB ResNet-18 each, lose more at 32 px: InsDis 50 epochs (decay 40) 54.2 / 58.9
+#   against 41.8 / 57.2 (+12.4 / +1.7), where today's 64 px InsDis (70 epochs) scored 58.1 / 64.5 against 40.8 /
+#   58.7 and MoCo (30 epochs) 57.7 / 61.2. See RGB_SIZE for what was kept.
+# - Epochs: CMC 120, InsDis 40, MoCo 25, with one lr decay at 80%. Seed 0 at 150 / 50 / 30 (bfloat16, 12.8 min on
+#   2 cores) printed val kNN 65.1 for CMC at epoch 120 and 67.5 at 150, InsDis 57.4 at 40 and 58.2 at 50: the last
+#   fifth of the epochs adds little, and without it the float32 work stays under a quarter of the 64 px recipe's
+#   (bench/demo_work.py; a CMC epoch at 32 px costs ~0.3 of one at 64, so 150 epochs alone would be ~0.3).
+# - The rest as before: InsDis / MoCo use the reference's --aug NULL (crop and flip, no colour jitter or grayscale):
+#   colour is what tells emoji categories apart (flags, yellow faces, blue symbols), and jitter would teach the
+#   encoder to ignore it. CMC keeps the reference's crops (--crop_low 0.2) and lr 0.03; at 64 px, milder crops
+#   (crop_low 0.6, lr 0.06) won a 60-epoch screen on seed 0 but probed 1.0 point lower on each of 3 seeds at 150.
+#   MoCo keeps --shuffle_bn_splits 1 (the reference on one GPU: no ShuffleBN; splits 2 showed no clear gain).
 # - Pretraining runs under --amp (bfloat16 autocast) where a few timed steps show it faster than float32 (CPUs with
-#   AVX512-BF16 or AMX: at the same accuracy, bench/bench_step.py); elsewhere it stays float32, the same recipe.
-# - MoCo keeps --shuffle_bn_splits 1 (the reference on one GPU: no ShuffleBN). Tried: splits 2, 5 epochs on seed 0
-#   (the shared CPU allowed no more), probe / kNN 59.3 / 45.8 against 56.9 / 48.1: no clear gain (README, ShuffleBN).
+#   AVX512-BF16 or AMX, bench/bench_step.py); elsewhere it stays float32, the same recipe.
+# - Evaluation: the demo's probe (pretrained/linear_eval.py: L2-regularised logistic regression, its strength chosen
+#   per encoder by 5-fold cross-validation on train, PROBE_SEEDS probe seeds, the val split's bootstrap spread on
+#   every margin) on the features of layer 6, beside the reference's cached probe as the demo ran it before (30
+#   epochs of SGD on cached features with a parameter-free BatchNorm, --bn) and the weighted kNN at the embedding.
+IMAGE_SIZE, RGB_SIZE = 32, 32
 CMC_MODEL, RGB_MODEL = 'resnet18v1', 'resnet18'
-IMAGE_SIZE = 64
-COMMON = ['--dataset', 'demo', '--image_size', str(IMAGE_SIZE), '--num_workers', '0', '--print_freq', '1000']
+COMMON = ['--dataset', 'demo', '--num_workers', '0', '--print_freq', '1000']
 CONTRAST = ['--batch_size', '64', '--nce_k', '1024', '--softmax', '--learning_rate', '0.03']
 PRETRAIN = {
     'cmc': ('train_CMC.py', CMC_MODEL, CONTRAST + ['--nce_t', '0.1']),
@@ -48,16 +64,23 @@ PRETRAIN = {
     'moco': ('train_moco_ins.py', RGB_MODEL, CONTRAST + ['--nce_t', '0.2', '--aug', 'NULL', '--moco',
                                                          '--alpha', '0.99']),
 }
-EPOCHS = {'cmc': 150, 'insdis': 70, 'moco': 30}
+SIZE = {'cmc': IMAGE_SIZE, 'insdis': RGB_SIZE, 'moco': RGB_SIZE, 'random': IMAGE_SIZE, 'random_rgb': RGB_SIZE}
+EPOCHS = {'cmc': 120, 'insdis': 40, 'moco': 25}
+LR_DECAY_AT = 0.8         # one step of lr x 0.1 at 80% of the epochs (the 64 px recipe decayed CMC at 120 of 150)
+KNN_EVERY = 10            # the kNN monitor (val) every 10 epochs: the figure's curves and the progress lines
 # Pretraining runs in two lanes side by side, each on half of the cores: one thread per process does more work per
 # core than two (README, "The demo"), and CMC, the slowest to learn, gets a lane of its own.
 LANES = [['cmc'], ['insdis', 'moco']]
 EPOCHS_PER_LINE = 10
-PROBE = {  # script, layer, learning rate
+PROBE = {  # the cached probe (the reference's scripts): script, layer, learning rate
     CMC_MODEL: ('LinearProbing.py', '6', '0.1'),
     RGB_MODEL: ('eval_moco_ins.py', '6', '0.1'),
 }
 PROBE_EPOCHS = 30
+# --minutes N: each pretraining script runs CALIBRATION_EPOCHS epochs first, the second timed; the evaluation after
+# pretraining is budgeted as EVAL_CMC_EPOCHS CMC epochs of this machine (measured: see README, "The demo").
+CALIBRATION_EPOCHS = 2
+EVAL_CMC_EPOCHS = 40
 # --smoke checks the plumbing, not the numbers: the first SMOKE_PER_CLASS (train, val) images of each of the 9 classes,
 # written to <out>/smoke_emoji64.npz, and smaller batches and memory (appended last, so they override the recipe's).
 SMOKE_PER_CLASS = (12, 4)
@@ -77,25 +100,16 @@ def parse_args(argv=None):
     p.add_argument('--amp', choices=['auto', 'on', 'off'], default='auto',
                    help='bfloat16 autocast for pretraining: auto times a few steps of each and takes the faster')
     p.add_argument('--epochs', type=str, default=None, help='override, e.g. cmc=10,insdis=4,moco=4,probe=10')
+    p.add_argument('--minutes', type=float, default=None,
+                   help='scale every pretraining stage\'s epochs (the same factor for all) to fit this many minutes '
+                   'on this machine: times the first epochs of each first and says what it chose. Off by default: '
+                   'the fixed recipe\'s numbers are the reproducible ones')
     p.add_argument('--summarise', nargs='+', metavar='MD', help='print mean and spread over the tables of earlier '
                    'runs (e.g. results/demo.md results/demo_seed1.md results/demo_seed2.md) and exit')
-    return p.parse_args(argv)
-
-
-def summarise(paths):
-    """Mean and standard deviation per method and column over several runs' tables."""
-    import statistics
-    runs = {}
-    for path in paths:
-        for label, *values in re.findall(r'^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$',
-                                         open(path).read(), re.M):
-            runs.setdefault(label, []).append([float(v) for v in values])
-    lines = [f'Mean +- standard deviation over {len(paths)} runs:', '',
-             '| method | probe top-1 | probe top-5 | kNN top-1 | minutes |', '|---|---:|---:|---:|---:|']
-    for label, rows in runs.items():
-        cells = [f'{statistics.mean(c):.1f} +- {statistics.stdev(c) if len(c) > 1 else 0:.1f}' for c in zip(*rows)]
-        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    args = p.parse_args(argv)
+    if args.minutes is not None and (args.minutes <= 0 or args.smoke or args.epochs):
+        p.error('--minutes takes a positive number of minutes, and not with --smoke or --epochs')
+    return args
 
 
 def save_random_encoder(name, model_name, path, seed):
@@ -107,7 +121,7 @@ def save_random_encoder(name, model_name, path, seed):
     # the flags a pretraining checkpoint records that its loaders read (pretrained.load_encoder, the probes): the
     # size the demo probes it at, its projection's width and, for CMC, its views (build_cmc_model's: L and ab)
     opt = {'model': model_name, 'seed': seed, 'note': 'random initialisation', 'dataset': 'demo',
-           'image_size': IMAGE_SIZE, 'feat_dim': 128}
+           'image_size': SIZE[name], 'feat_dim': 128}
     if name == 'random':
         opt.update(view='Lab', views=['L', 'ab'], view_channels=[1, 2], objective='contrastive')
     checkpoint.save_checkpoint({'opt': opt, 'model': model.state_dict(), 'epoch': 0}, path)
@@ -151,24 +165,15 @@ def knn_of(ckpt_path, method, model_name, seed, data_folder=None):
 
     rt = runtime.Runtime(device=torch.device('cpu'))
     opt = argparse.Namespace(batch_size=128, num_workers=0)
-    loaders = [data.eval_loader(build_dataset('demo', data_folder, split, eval_transform(64)), opt)
+    loaders = [data.eval_loader(build_dataset('demo', data_folder, split, eval_transform(SIZE[method])), opt)
                for split in ('train', 'val')]
     return knn.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
 
 
-def loss_curve(tb_folder, method):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(tb_folder)
-    acc.Reload()
-    tags = ['l_loss', 'ab_loss'] if method == 'cmc' else ['ins_loss']
-    series = [acc.Scalars(t) for t in tags]
-    return [e.step for e in series[0]], [sum(s[i].value for s in series) for i in range(len(series[0]))]
-
-
 def time_steps(amp_dtype, steps, threads, batch=64, give_up=float('inf')):
     """Best CPU seconds (process time: other work on a shared machine does not count) of one SGD step of the CMC
-    encoder (resnet18v1, 64 px, channels-last, as the demo trains it) over ``steps`` steps after one warm-up step,
-    with ``threads`` CPU threads; stops early once a step after the warm-up costs more than give_up."""
+    encoder (resnet18v1 at IMAGE_SIZE, channels-last, as the demo trains it) over ``steps`` steps after one
+    warm-up step, with ``threads`` CPU threads; stops early once a step after the warm-up costs more than give_up."""
     import torch
     from engine import runtime
     from models import build_cmc_model
@@ -179,7 +184,7 @@ def time_steps(amp_dtype, steps, threads, batch=64, give_up=float('inf')):
         rt = runtime.Runtime(device=torch.device('cpu'), amp_dtype=amp_dtype)
         model = rt.place(build_cmc_model(CMC_MODEL))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE).contiguous(memory_format=torch.channels_last)
         best = float('inf')
         for step in range(steps + 1):
             t0 = time.process_time()
@@ -217,7 +222,7 @@ def choose_precision(choice, threads, steps=3, batch=16):
 def main(argv=None):
     args = parse_args(argv)
     if args.summarise:
-        print(summarise(args.summarise))
+        print(demo_report.summarise(args.summarise))
         return
     epochs = dict(EPOCHS, probe=PROBE_EPOCHS)
     if args.smoke:
@@ -225,82 +230,137 @@ def main(argv=None):
     if args.epochs:
         epochs.update({k: int(v) for k, v in (kv.split('=') for kv in args.epochs.split(','))})
     out = os.path.abspath(args.out)
-    for sub in ('runs', 'tb', 'probe', 'logs'):
+    for sub in ('runs', 'tb', 'probe', 'logs', 'calibrate'):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     os.makedirs(os.path.join(out, 'logs'), exist_ok=True)
-    progress = Progress(len(PRETRAIN) + len(METHODS) + 1)
-    seed = ['--seed', str(args.seed)]
-    minutes, curves = {}, {}
+    progress = Progress(len(PRETRAIN) + 3)
     smoke_data = write_smoke_subset(os.path.join(out, 'smoke_emoji64.npz')) if args.smoke else None
-    data_flags = ['--data_folder', smoke_data] if args.smoke else []
-
-    from engine import checkpoint
     threads = max(1, (os.cpu_count() or 1) // len(LANES))
     amp, why = choose_precision(args.amp, threads, *((1, 4) if args.smoke else (3, 16)))   # smoke: the plumbing
     progress.say(f'pretraining in {"bfloat16 autocast (--amp)" if amp else "float32"}: {why}')
     progress.say(f'pretraining in {len(LANES)} lanes of {threads} thread(s) each: '
                  + '; '.join(' then '.join(lane) for lane in LANES))
+    stage = functools.partial(pretrain, out=out, seed=args.seed, amp=amp, smoke_data=smoke_data, progress=progress,
+                              threads=threads)
+    if args.minutes:
+        epochs.update(fit_minutes(args.minutes, epochs, stage, progress))
+    minutes, curves = {}, {}
+    run_lanes([[functools.partial(stage, method, epochs[method], minutes=minutes, curves=curves) for method in lane]
+               for lane in LANES])
 
-    def pretrain(method):
-        script, model, extra = PRETRAIN[method]
-        progress.stage(f'pretraining {method} ({model}, {epochs[method]} epochs)')
-        t0 = time.time()
-        run_script([script, *COMMON, *data_flags, *seed, *amp, '--model', model, *extra,
-                    *(SMOKE_PRETRAIN if args.smoke else []), '--epochs', str(epochs[method]),
-                    '--knn_freq', str(epochs[method]), '--model_path', os.path.join(out, 'runs', method),
-                    '--tb_path', os.path.join(out, 'tb', method)],
-                   os.path.join(out, 'logs', f'pretrain_{method}.log'), progress, epochs[method],
-                   every=EPOCHS_PER_LINE, label=method, threads=threads)
-        minutes[method] = (time.time() - t0) / 60
-        (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
-        checkpoint.link_checkpoint(ckpt, os.path.join(out, f'{method}.pth'))
-        (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
-        curves[method] = loss_curve(tb, method)
-
-    run_lanes([[functools.partial(pretrain, method) for method in lane] for lane in LANES])
-
-    rows = [probe_one(method, label, model, out, args.seed, epochs, progress, minutes, smoke_data)
-            for method, label, model in METHODS]
-
+    progress.stage(f'the cached probe of each encoder (the reference\'s, {epochs["probe"]} epochs)')
+    cached = {}
+    probes = [[functools.partial(cached_probe, method, model, out, args.seed, epochs['probe'], minutes, cached,
+                                 smoke_data) for method, _, model in METHODS if (model == CMC_MODEL) == (i == 0)]
+              for i in range(2)]
+    if smoke_data:          # in this process (signal handlers need the main thread), one after the other
+        [probe() for lane in probes for probe in lane]
+    else:                   # two lanes of one process each, as pretraining
+        run_lanes(probes)
+    progress.stage(f'the demo\'s probe ({len(linear_eval.PROBE_SEEDS)} probe seeds, its regularisation '
+                   'cross-validated on train)')
+    t0 = time.time()
+    layer = int(PROBE[CMC_MODEL][1])
+    seeds, grid = ((0, 1), (0.01, 0.1, 1.0)) if smoke_data else (linear_eval.PROBE_SEEDS, linear_eval.C_GRID)
+    features, results, classes = demo_report.probe_features(out, METHODS, smoke_data, IMAGE_SIZE, layer, seeds,
+                                                            grid, os.cpu_count() or 1, progress.say)
+    knn = {m: knn_of(os.path.join(out, f'{m}.pth'), m, model, args.seed, smoke_data) for m, _, model in METHODS}
     progress.stage('writing the table and the figures')
-    from pretrained.feature_map import compare_encoders
-    layer = int(PROBE[CMC_MODEL][1])        # the probe's (the table's kNN column is at the embedding, layer 7)
     feature_map = os.path.join(out, 'feature_map.png')
-    compare_encoders([(os.path.join(out, f'{m}.pth'), label) for m, label, _ in METHODS if m in ('cmc', 'random')],
-                     'demo', smoke_data, 64, layer, feature_map, seed=args.seed)
-    table = write_report(out, rows, curves, args, epochs, amp)
+    panels = demo_report.feature_maps(features, METHODS, classes, layer, feature_map, args.seed)
+    minutes['evaluation'] = (time.time() - t0) / 60
+    rows, _ = demo_report.table_rows(METHODS, results, cached, knn, minutes)
+    demo_report.draw_figure(out + '.png', METHODS, results, cached, curves['loss'], curves['knn'], knn, panels)
+    table = write_report(out, rows, args, epochs, amp)
     print(table)
-    progress.say(f'done: {out}.md, {out}.png, encoders in {out}/')
+    progress.say(f'done in {(time.time() - progress.t0) / 60:.1f} min: the table {out}.md, the figure {out}.png '
+                 f'(probe, loss, kNN per epoch, feature maps), the encoders in {out}/ (cmc.pth, insdis.pth, moco.pth, '
+                 f'random.pth, random_rgb.pth)')
     progress.say(f'val feature maps of CMC and its random init (layer {layer}, kNN in the titles): {feature_map}')
 
 
-def probe_one(method, label, model, out, seed, epochs, progress, minutes, smoke_data=None):
-    """Linear-probe one encoder (saving a random one first, from ``seed``) and return its table row; ``smoke_data``:
-    the --smoke subset to use instead of the bundled set."""
+def pretrain_command(method, n_epochs, out, seed, amp, smoke_data, knn_every=KNN_EVERY):
+    script, model, extra = PRETRAIN[method]
+    data = ['--data_folder', smoke_data] if smoke_data else []
+    decay = max(1, int(n_epochs * LR_DECAY_AT))
+    return [script, *COMMON, '--image_size', str(SIZE[method]), *data, '--seed', str(seed), *amp, '--model', model,
+            *extra, *(SMOKE_PRETRAIN if smoke_data else []), '--epochs', str(n_epochs), '--lr_decay_epochs',
+            str(decay), '--knn_freq', str(min(knn_every, n_epochs) if knn_every else 0),
+            '--model_path', os.path.join(out, 'runs', method), '--tb_path', os.path.join(out, 'tb', method)]
+
+
+def pretrain(method, n_epochs, *, out, seed, amp, smoke_data, progress, threads, minutes=None, curves=None,
+             calibrate=False):
+    """Pretrain ``method`` for ``n_epochs``; link its checkpoint as <out>/<method>.pth and keep its loss and kNN
+    curves. ``calibrate``: a timing run in <out>/calibrate (no kNN, nothing kept); returns its last epoch's seconds."""
     from engine import checkpoint
-    progress.stage(f'linear probe of {label}')
+    where = os.path.join(out, 'calibrate') if calibrate else out
+    command = pretrain_command(method, n_epochs, where, seed, amp, smoke_data, 0 if calibrate else KNN_EVERY)
+    if not calibrate:
+        progress.stage(f'pretraining {method} ({PRETRAIN[method][1]}, {SIZE[method]} px, {n_epochs} epochs)')
+    os.makedirs(os.path.join(where, 'logs'), exist_ok=True)
+    t0 = time.time()
+    log = run_script(command, os.path.join(where, 'logs', f'pretrain_{method}.log'), progress, n_epochs,
+                     every=EPOCHS_PER_LINE, label=method, threads=threads, quiet=calibrate)
+    if calibrate:
+        return float(re.findall(r'epoch \d+, total time ([\d.]+)', log)[-1])
+    minutes[method] = (time.time() - t0) / 60
+    (ckpt,) = glob.glob(os.path.join(out, 'runs', method, '*', 'current.pth'))
+    checkpoint.link_checkpoint(ckpt, os.path.join(out, f'{method}.pth'))
+    (tb,) = glob.glob(os.path.join(out, 'tb', method, '*'))
+    curves.setdefault('loss', {})[method] = demo_report.scalar_curve(tb, ['l_loss', 'ab_loss'] if method == 'cmc'
+                                                                     else ['ins_loss'])
+    curves.setdefault('knn', {})[method] = demo_report.scalar_curve(tb, ['knn_top1'])
+
+
+def fit_minutes(budget, epochs, stage, progress):
+    """--minutes: time CALIBRATION_EPOCHS epochs of each pretraining script (its last epoch: the first warms up),
+    then scale every stage's epochs by one factor so that the slowest lane and the evaluation fit what is left of
+    ``budget`` minutes; says what it measured and chose. Returns {method: epochs}."""
+    progress.say(f'--minutes {budget:g}: timing {CALIBRATION_EPOCHS} epochs of each pretraining script first')
+    seconds = {}
+
+    def timed(method):
+        seconds[method] = stage(method, CALIBRATION_EPOCHS, calibrate=True)
+
+    run_lanes([[functools.partial(timed, m) for m in lane] for lane in LANES])
+    lanes = [sum(epochs[m] * seconds[m] for m in lane) for lane in LANES]
+    evaluation = EVAL_CMC_EPOCHS * seconds['cmc']
+    left = budget * 60 - (time.time() - progress.t0) - evaluation
+    scale = max(0.0, left / max(lanes))
+    chosen = {m: max(1, int(round(epochs[m] * scale))) for m in PRETRAIN}
+    progress.say('one epoch here: ' + ', '.join(f'{m} {seconds[m]:.1f} s' for m in PRETRAIN)
+                 + f'; the fixed recipe would take ~{(max(lanes) + evaluation) / 60:.0f} min. Scaling every stage '
+                 f'by {scale:.2f}: ' + ', '.join(f'{m} {chosen[m]} epochs' for m in PRETRAIN)
+                 + (' (the least: one epoch each, so this will overrun)' if scale * min(epochs[m] for m in PRETRAIN)
+                    < 1 else ''))
+    return chosen
+
+
+def cached_probe(method, model, out, seed, n_epochs, minutes, cached, smoke_data=None):
+    """The reference's linear probe (LinearProbing.py / eval_moco_ins.py on cached features, --bn), as the demo ran
+    it before, on <out>/<method>.pth (saving a random one first, from ``seed``): its final-epoch val top-1 into
+    ``cached``. ``smoke_data``: the --smoke subset to use instead of the bundled set."""
+    from engine import checkpoint
     t0 = time.time()
     path = os.path.join(out, f'{method}.pth')
     if method.startswith('random'):
         save_random_encoder(method, model, path, seed)
     script, layer, lr = PROBE[model]
     smoke = ['--data_folder', smoke_data, *SMOKE_PROBE] if smoke_data else []
-    command = [script, *COMMON, '--seed', str(seed), '--model', model, '--layer', layer, '--learning_rate', lr,
-               '--model_path', path, '--epochs', str(epochs['probe']), '--batch_size', '128', *smoke,
-               '--lr_decay_epochs', f"{int(epochs['probe'] * 0.6)},{int(epochs['probe'] * 0.8)}",
-               '--cache_features', '--bn', '--save_path', os.path.join(out, 'probe', method),
-               '--tb_path', os.path.join(out, 'tb', 'probe')]
+    command = [script, *COMMON, '--image_size', str(SIZE[method]), '--seed', str(seed), '--model', model, '--layer',
+               layer, '--learning_rate', lr, '--model_path', path, '--epochs', str(n_epochs), '--batch_size', '128',
+               *smoke, '--lr_decay_epochs', f'{int(n_epochs * 0.6)},{int(n_epochs * 0.8)}', '--cache_features', '--bn',
+               '--save_path', os.path.join(out, 'probe', method), '--tb_path', os.path.join(out, 'tb', 'probe')]
     log = os.path.join(out, 'logs', f'probe_{method}.log')
     if smoke_data:
         run_in_process(command, log)
     else:
-        run_script(command, log, progress, epochs['probe'], every=10)
+        run_script(command, log, None, n_epochs, quiet=True)
     # the final epoch's val accuracy (not the best over epochs, which would pick on val)
     (final,) = glob.glob(os.path.join(out, 'probe', method, '*', 'current.pth'))
-    result = checkpoint.load_checkpoint(final)
-    knn = knn_of(path, method, model, seed, smoke_data)
+    cached[method] = checkpoint.load_checkpoint(final)['last_acc1']
     minutes[method] = minutes.get(method, 0) + (time.time() - t0) / 60
-    return label, result['last_acc1'], result['last_acc5'], knn, minutes[method]
 
 
 def smoke_set(out):
@@ -308,34 +368,21 @@ def smoke_set(out):
     return f'Smoke subset of the emoji demo set ({train} train / {val} val, 9 classes, {out}/smoke_emoji64.npz)'
 
 
-def write_report(out, rows, curves, args, epochs, amp):
-    lines = ['| method | probe top-1 | probe top-5 | kNN top-1 | minutes |', '|---|---:|---:|---:|---:|']
-    lines += [f'| {label} | {a1:.1f} | {a5:.1f} | {knn:.1f} | {m:.1f} |' for label, a1, a5, knn, m in rows]
-    table = '\n'.join(lines)
+def write_report(out, rows, args, epochs, amp):
+    table = '\n'.join([demo_report.HEADER, '|---|' + '---:|' * (demo_report.HEADER.count('|') - 2), *rows])
     with open(out + '.md', 'w') as f:
         f.write(f'# Demo results (seed {args.seed}{", smoke mode" if args.smoke else ""})\n\n'
-                f'{smoke_set(out) if args.smoke else "Emoji demo set (1,528 train / 378 val, 9 classes)"}, 64 px, '
-                f'CPU. Pretraining epochs: '
+                f'{smoke_set(out) if args.smoke else "Emoji demo set (1,528 train / 378 val, 9 classes)"}, '
+                f'{IMAGE_SIZE} px (InsDis, MoCo: {RGB_SIZE} px), CPU. Pretraining epochs: '
                 f'CMC {epochs["cmc"]}, InsDis {epochs["insdis"]}, MoCo {epochs["moco"]}'
-                f'{" (bfloat16 autocast)" if amp else " (float32)"}; linear probe '
-                f'{epochs["probe"]} epochs on cached frozen features (layer 6, --bn). Majority class: 20.4% top-1.\n\n'
-                f'{table}\n\n![probe accuracy and loss curves]({os.path.basename(out)}.png)\n\n'
-                f'![val feature maps, CMC and random init]({os.path.basename(out)}/feature_map.png)\n')
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color='tab:blue')
-    ax1.axvline(20.4, color='grey', ls='--', label='majority class')
-    ax1.set_xlabel('linear probe top-1 (%)')
-    ax1.legend(loc='lower right')
-    for method, (x, y) in curves.items():
-        ax2.plot(x, y, marker='o', label=method)
-    ax2.set_xlabel('epoch')
-    ax2.set_ylabel('pretraining loss')
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(out + '.png', dpi=100)
+                f'{" (bfloat16 autocast)" if amp else " (float32)"}. Probe: the demo\'s (pretrained/linear_eval.py, '
+                f'layer 6, L2-regularised logistic regression, C cross-validated on train, '
+                f'{len(linear_eval.PROBE_SEEDS)} probe seeds; margins over the random encoder of the same '
+                f'architecture with the sd of 2,000 bootstrap '
+                f'resamples of the val images); the cached probe as the demo ran it before ({epochs["probe"]} '
+                f'epochs of SGD on cached frozen features, layer 6, --bn, one seed); kNN at the embedding (k=200, '
+                f't=0.07). Majority class: {demo_report.MAJORITY}% top-1.\n\n'
+                f'{table}\n\n![probe, loss, kNN per epoch, feature maps]({os.path.basename(out)}.png)\n')
     return table
 
 

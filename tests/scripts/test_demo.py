@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from engine import checkpoint
 from models import build_cmc_model, build_ins_model
 from conftest import ROOT
@@ -14,13 +16,25 @@ def test_demo_smoke(tmp_path):
     proc = subprocess.run([sys.executable, 'scripts/run_demo.py', '--smoke', '--out', str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert '[1/9] pretraining cmc' in proc.stdout and '[9/9] writing the table' in proc.stdout
+    assert '[1/6] pretraining cmc' in proc.stdout and '[6/6] writing the table' in proc.stdout
     table = (tmp_path / 'demo.md').read_text()
-    rows = re.findall(r'^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$', table, re.M)
+    rows = [[c.strip() for c in line.strip('|').split('|')] for line in table.splitlines()
+            if line.startswith('| ') and not line.startswith('| method')]
     assert [r[0] for r in rows] == ['CMC (Lab)', 'InsDis', 'MoCo', 'random init (resnet18v1, CMC)',
                                     'random init (resnet18, RGB)']
-    for _, top1, top5, knn, minutes in rows:
-        assert 0 <= float(top1) <= float(top5) <= 100 and 0 <= float(knn) <= 100
+    number = r'(-?[\d.]+)'
+    for label, probe, margin, cached, cached_margin, knn, knn_margin, minutes in rows:
+        mean, sd = map(float, re.fullmatch(rf'{number} \+- {number}', probe).groups())
+        assert 0 <= mean <= 100 and sd >= 0 and 0 <= float(cached) <= 100 and 0 <= float(knn) <= 100
+    by_label = {r[0]: r for r in rows}
+    for method, partner in (('CMC (Lab)', 'random init (resnet18v1, CMC)'), ('MoCo', 'random init (resnet18, RGB)')):
+        # each margin is the method's number minus its random encoder's (the probe's: the first seed's predictions)
+        assert float(by_label[method][4]) == pytest.approx(float(by_label[method][3]) - float(by_label[partner][3]),
+                                                           abs=0.11)   # each number rounded
+        assert float(by_label[method][6]) == pytest.approx(float(by_label[method][5]) - float(by_label[partner][5]),
+                                                           abs=0.11)   # each number rounded
+        assert re.fullmatch(rf'[+-]{number} \+- {number}', by_label[method][2])
+    assert by_label['random init (resnet18, RGB)'][2] == ''
     assert (tmp_path / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # the val feature maps of CMC and its random encoder, side by side, each title with its kNN top-1
     from PIL import Image
@@ -40,7 +54,7 @@ def test_demo_smoke(tmp_path):
         arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
         build(arch).load_state_dict(ckpt['model'])
         assert 'epoch' in ckpt and 'opt' in ckpt
-        assert ckpt['opt']['image_size'] == 64        # the random ones too: extract_features.py crops at it
+        assert ckpt['opt']['image_size'] == 32        # the random ones too: extract_features.py crops at it
 
 
 def test_a_failing_lane_stops_the_other_and_its_error_is_raised(tmp_path):
@@ -73,7 +87,37 @@ def test_progress_shows_every_nth_epoch_with_the_knn_that_follows_it(tmp_path, c
     demo_lanes.run_script(['-c', f'print({chr(10).join(printed)!r})'], str(tmp_path / 'log'), demo_lanes.Progress(1),
                         5, every=2, label='cmc')
     lines = [line.split('min  ', 1)[1].strip() for line in capsys.readouterr().out.splitlines()]
-    assert lines == ['cmc about 8 s left in this stage (3 epochs at 3 s)',       # after epoch 2: 3 x 2.6 s
-                     'cmc epoch 2/5 (3 s), kNN top-1 45.6', 'cmc epoch 4/5 (4 s), kNN top-1 50.0',
-                     'cmc epoch 5/5 (5 s)']
+    # after epoch 2: 3 epochs to go at 2.6 s (the first, 1.2 s, warms up); then every 2nd epoch, the mean of the
+    # epochs since the first times the epochs to go, and the latest kNN (epoch 5 printed none: 50.0 is epoch 4's)
+    assert lines == ['cmc about 8 s left in this stage (3 epochs at 3 s)',
+                     'cmc epoch 2/5, 8 s left, kNN top-1 45.6',
+                     f'cmc epoch 4/5, {(2.6 + 3.0 + 4.4) / 3:.0f} s left, kNN top-1 50.0',
+                     'cmc epoch 5/5, done, kNN top-1 50.0']
     assert (tmp_path / 'log').read_text() == '\n'.join(printed) + '\n'
+
+
+def test_minutes_scales_every_stage_by_one_factor_to_fit_the_budget(capsys):
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import demo_lanes
+    import run_demo
+    per_epoch = {'cmc': 2.0, 'insdis': 3.0, 'moco': 4.0}        # seconds, as a calibration would time them
+    progress = demo_lanes.Progress(1)
+    chosen = run_demo.fit_minutes(10, {'cmc': 150, 'insdis': 50, 'moco': 30},
+                                  lambda method, n, calibrate: per_epoch[method], progress)
+    # lanes: cmc 150 x 2 = 300 s; insdis then moco 50 x 3 + 30 x 4 = 270 s; evaluation 40 CMC epochs = 80 s
+    scale = (600 - 80) / 300                                    # (the calibration itself took ~0 s here)
+    assert chosen == {'cmc': round(150 * scale), 'insdis': round(50 * scale), 'moco': round(30 * scale)}
+    said = capsys.readouterr().out
+    assert 'cmc 2.0 s, insdis 3.0 s, moco 4.0 s' in said and f'by {scale:.2f}' in said and '~6 min' in said
+    tiny = run_demo.fit_minutes(0.5, {'cmc': 150, 'insdis': 50, 'moco': 30},
+                                lambda method, n, calibrate: per_epoch[method], progress)
+    assert tiny == {'cmc': 1, 'insdis': 1, 'moco': 1} and 'will overrun' in capsys.readouterr().out
+
+
+def test_minutes_refuses_nonsense():
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import run_demo
+    for argv in (['--minutes', '0'], ['--minutes', '5', '--smoke'], ['--minutes', '5', '--epochs', 'cmc=2']):
+        with pytest.raises(SystemExit) as e:
+            run_demo.parse_args(argv)
+        assert e.value.code == 2
