@@ -1,6 +1,6 @@
 """The demo's work, today's recipe against the one before it: CPU time and wall time of ``scripts/run_demo.py`` in
-float32 (``--amp off``, as a CPU without bfloat16 runs it), each commit's demo run from a clean worktree on this
-machine, one after the other.
+float32 (``--amp off``, as a CPU without bfloat16 runs it), on this machine, one after the other: each commit's demo
+from a detached worktree of it (``--new`` left out: the working tree as it is, uncommitted changes included).
 
     python bench/demo_work.py --old dd23bd6                 # ~45 minutes on 2 cores: the old recipe is most of it
     python bench/demo_work.py --old dd23bd6 --only old      # one half; its figures are kept in --record and the

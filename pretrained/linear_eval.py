@@ -65,26 +65,28 @@ def probe(train_x, train_y, val_x, val_y, seeds: Sequence[int] = PROBE_SEEDS, gr
     """The protocol above for one encoder: train_x N x D and val_x M x D features, labels N and M (integers);
     ``n_jobs`` as ``choose_c``'s.
 
-    Returns {'acc': [val top-1 (%) per seed], 'c': [C chosen per seed], 'correct': M bools of the first seed's
-    predictions (for ``paired_margin``), 'mean', 'sd' (over seeds; 0 for one seed)}.
+    Returns {'acc': [val top-1 (%) per seed], 'c': [C chosen per seed], 'correct': M floats, each image's fraction of
+    seeds that classified it right (for ``paired_margin``: its mean is the mean accuracy), 'mean', 'sd' (over seeds;
+    0 for one seed)}.
     """
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
     train_x, val_x = standardise(train_x, val_x)
-    fitted, acc, cs, correct = {}, [], [], None
+    fitted, cs, right = {}, [], []
     for seed in seeds:
         c, _ = choose_c(train_x, train_y, seed, grid, n_jobs=n_jobs)
         if c not in fitted:                        # the final fit depends only on C
             fitted[c] = _logistic(c).fit(train_x, train_y).predict(val_x) == val_y
         cs.append(c)
-        acc.append(100 * fitted[c].mean())
-        correct = fitted[c] if correct is None else correct
-    return {'acc': acc, 'c': cs, 'correct': correct, 'mean': float(np.mean(acc)),
+        right.append(fitted[c])
+    acc = [100 * float(r.mean()) for r in right]
+    return {'acc': acc, 'c': cs, 'correct': np.mean(right, axis=0), 'mean': float(np.mean(acc)),
             'sd': float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0}
 
 
 def paired_margin(correct_a, correct_b, n=BOOTSTRAPS, seed=0):
-    """(margin, sd) in points: accuracy of a minus b on the same M val images (bools), and the standard deviation
-    of that difference over ``n`` bootstrap resamples of the images, the same resample for both."""
+    """(margin, sd) in points: accuracy of a minus b on the same M val images (per image: right or not, or the
+    fraction of probe seeds that got it right), and the standard deviation of that difference over ``n`` bootstrap
+    resamples of the images, the same resample for both."""
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f'paired_margin needs two equal, non-empty vectors, got {a.shape} and {b.shape}')

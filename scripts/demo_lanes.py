@@ -17,8 +17,9 @@ class Progress:
     def __init__(self, n_stages):
         self.n, self.i, self.t0 = n_stages, 0, time.time()
 
-    def stage(self, text):
-        self.i += 1
+    def stage(self, text, number=None):
+        """'[i/n] text': i is ``number`` when given (lanes start in any order), else the next."""
+        self.i = number or self.i + 1
         self.say(f'[{self.i}/{self.n}] {text}')
 
     def say(self, text):
@@ -32,8 +33,9 @@ RUNNING = set()          # the scripts running now, so that a failing lane can s
 
 def run_script(args, log_path, progress, total_epochs, every=1, label='', threads=None, quiet=False):
     """Run one of the four scripts as a user would; keep its output in a log and show its epochs as progress: after
-    the second epoch (the first warms up) the stage's minutes left, then every ``every`` epochs one line with the
-    epochs done, the minutes left (the mean epoch since the first, times the epochs to go) and the latest kNN.
+    the second epoch (the first warms up; of a 2-epoch stage, after the first) the stage's minutes left, then every
+    ``every`` epochs one line with the epochs done, the minutes left (the mean epoch since the first, times the
+    epochs to go; the kNN passes and saves are not counted) and the latest kNN.
     ``quiet``: no progress lines. Returns the script's output."""
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     if threads:

@@ -18,15 +18,18 @@ from pretrained.load import load_encoder  # noqa: E402
 RANDOM_OF = {'cmc': 'random', 'insdis': 'random_rgb', 'moco': 'random_rgb'}
 HEADER = ('| method | probe top-1 (mean +- sd, probe seeds) | vs random (+- sd, val bootstrap) | cached probe top-1 '
           '| vs random | kNN top-1 | vs random | minutes |')
-MAJORITY = 20.4          # val top-1 of always answering the largest class (data/README.md)
 
 
-def probe_features(out, methods, data_folder, image_size, layer, seeds, grid, n_jobs=1, say=print):
-    """{method: (train (features, labels), val (features, labels), parts)} at ``layer`` of every <out>/<method>.pth,
-    and {method: linear_eval.probe's result}."""
-    sets = data_splits('demo', data_folder, image_size, say=lambda *a: None)
-    features, results = {}, {}
+def probe_features(out, methods, data_folder, sizes, layer, seeds, grid, n_jobs=1, say=print):
+    """Every <out>/<method>.pth through the demo's probe at ``layer``, each at its own image size (``sizes``:
+    {method: px}). Returns ({method: (train (features, labels), val (features, labels), parts)},
+    {method: linear_eval.probe's result}, the class names, val's majority-class top-1 in %)."""
+    import numpy as np
+    splits, features, results = {}, {}, {}
     for method, label, _ in methods:
+        if sizes[method] not in splits:
+            splits[sizes[method]] = data_splits('demo', data_folder, sizes[method], say=lambda *a: None)
+        sets = splits[sizes[method]]
         encoder = load_encoder(os.path.join(out, f'{method}.pth'))
         train, val = (encoder_features(encoder, sets[s], layer)[:2] for s in ('train', 'val'))
         features[method] = (train, val, view_parts(encoder))
@@ -34,12 +37,15 @@ def probe_features(out, methods, data_folder, image_size, layer, seeds, grid, n_
                                             seeds=seeds, grid=grid, n_jobs=n_jobs)
         r = results[method]
         say(f'      {label}: probe top-1 {r["mean"]:.1f} +- {r["sd"]:.1f} (C {", ".join(map(str, r["c"]))})')
-    return features, results, sets['train'].classes
+    val_labels = next(iter(features.values()))[1][1].numpy()
+    majority = 100 * float(np.bincount(val_labels).max()) / len(val_labels)
+    return features, results, sets['train'].classes, majority
 
 
 def table_rows(methods, results, cached, knn, minutes):
-    """The table's rows (strings) and their numbers {method: {...}}: margins against each method's random encoder."""
-    rows, numbers = [], {}
+    """The table's rows (strings): margins against each method's random encoder, the demo probe's from the mean over
+    probe seeds of each val image's result (``linear_eval.probe``'s 'correct')."""
+    rows = []
     for method, label, _ in methods:
         r, partner = results[method], RANDOM_OF.get(method)
         cells = [f'{r["mean"]:.1f} +- {r["sd"]:.1f}']
@@ -50,27 +56,43 @@ def table_rows(methods, results, cached, knn, minutes):
         else:
             cells += ['', f'{cached[method]:.1f}', '', f'{knn[method]:.1f}', '']
         rows.append(f'| {label} | ' + ' | '.join(cells) + f' | {minutes.get(method, 0):.1f} |')
-        numbers[method] = {'probe': r['mean'], 'probe_sd': r['sd'], 'cached': cached[method], 'knn': knn[method]}
-    return rows, numbers
+    return rows
+
+
+def table(rows):
+    """The markdown table: HEADER, its rule, ``rows``."""
+    return '\n'.join([HEADER, '|---|' + '---:|' * (HEADER.count('|') - 2), *rows])
 
 
 def summarise(paths):
-    """Mean and standard deviation over several runs' tables, per method and column (each cell's first number)."""
-    runs, header = {}, HEADER
+    """Mean and standard deviation over several runs' tables, per method and column (each cell's first number; a
+    margin keeps its sign). A file that cannot be read, or holds no row of this table, is a UserError."""
+    from engine.errors import UserError
+    runs, columns = {}, HEADER.count('|') - 1
     for path in paths:
-        for line in open(path).read().splitlines():
+        try:
+            lines = open(path).read().splitlines()
+        except OSError as e:
+            raise UserError(f'--summarise {path}: {e.strerror or e}; give the .md tables the demo wrote')
+        found = 0
+        for line in lines:
             cells = [c.strip() for c in line.strip().strip('|').split('|')]
-            if line.startswith('| ') and not line.startswith('| method') and len(cells) == HEADER.count('|') - 1:
-                runs.setdefault(cells[0], []).append([_first_number(c) for c in cells[1:]])
-    lines = [f'Mean +- standard deviation over {len(paths)} runs (each cell: the first number of that cell):', '',
-             header, '|---|' + '---:|' * (header.count('|') - 2)]
+            if line.startswith('| ') and not line.startswith('| method') and len(cells) == columns:
+                runs.setdefault(cells[0], []).append(cells[1:])
+                found += 1
+        if not found:
+            raise UserError(f'--summarise {path}: no row of the demo\'s table ({HEADER[:40]}...); tables of the demo '
+                            f'before 87b495b have other columns')
+    lines = [f'Mean +- standard deviation over {len(paths)} runs (each cell: its first number; n: runs with the row):',
+             '', HEADER[:-1] + ' n |', '|---|' + '---:|' * columns]
     for label, rows in runs.items():
         cells = []
         for column in zip(*rows):
-            values = [v for v in column if v is not None]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f'{statistics.mean(values):.1f} +- {sd:.1f}' if values else '')
-        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+            values = [_first_number(c) for c in column if _first_number(c) is not None]
+            signed = '+' if any(c.startswith(('+', '-')) for c in column) else ''
+            sd = f' +- {statistics.stdev(values):.1f}' if len(values) > 1 else ''
+            cells.append(f'{statistics.mean(values):{signed}.1f}{sd}' if values else '')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {len(rows)} |')
     return '\n'.join(lines)
 
 
@@ -90,7 +112,7 @@ def scalar_curve(tb_folder, tags):
     return [e.step for e in series[0]], [sum(s[i].value for s in series) for i in range(len(series[0]))]
 
 
-def draw_figure(path, methods, results, cached, losses, knn_curves, knn, map_panels):
+def draw_figure(path, methods, results, cached, losses, knn_curves, knn, map_panels, majority):
     """<out>.png: probe top-1 per method (the demo's probe with its spread over probe seeds, today's cached probe
     as a marker), the pretraining losses, the kNN per epoch against each random encoder's, and the val feature
     maps of CMC and its random encoder."""
@@ -105,7 +127,7 @@ def draw_figure(path, methods, results, cached, losses, knn_curves, knn, map_pan
     bars.barh(labels, [results[m]['mean'] for m in keys], xerr=[results[m]['sd'] for m in keys], color='tab:blue',
               label='demo probe (mean, sd over probe seeds)')
     bars.plot([cached[m] for m in keys], labels, 'k|', markersize=14, label='cached probe (reference)')
-    bars.axvline(MAJORITY, color='grey', ls='--', label='majority class')
+    bars.axvline(majority, color='grey', ls='--', label='majority class')
     bars.set_xlabel('val top-1 (%)')
     bars.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7)
     for method, (x, y) in losses.items():

@@ -1,6 +1,7 @@
 """The demo end to end in smoke mode (one short epoch per stage): table, figure and reusable encoders."""
 import os
 import re
+import math
 import subprocess
 import sys
 
@@ -34,6 +35,9 @@ def test_demo_smoke(tmp_path):
         assert float(by_label[method][6]) == pytest.approx(float(by_label[method][5]) - float(by_label[partner][5]),
                                                            abs=0.11)   # each number rounded
         assert re.fullmatch(rf'[+-]{number} \+- {number}', by_label[method][2])
+        probe_margin = float(by_label[method][2].split(' +- ')[0])
+        assert probe_margin == pytest.approx(float(by_label[method][1].split(' +- ')[0])
+                                             - float(by_label[partner][1].split(' +- ')[0]), abs=0.11)
     assert by_label['random init (resnet18, RGB)'][2] == ''
     assert (tmp_path / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # the val feature maps of CMC and its random encoder, side by side, each title with its kNN top-1
@@ -106,7 +110,8 @@ def test_minutes_scales_every_stage_by_one_factor_to_fit_the_budget(capsys):
                                   lambda method, n, calibrate: per_epoch[method], progress)
     # lanes: cmc 150 x 2 = 300 s; insdis then moco 50 x 3 + 30 x 4 = 270 s; evaluation 40 CMC epochs = 80 s
     scale = (600 - 80) / 300                                    # (the calibration itself took ~0 s here)
-    assert chosen == {'cmc': round(150 * scale), 'insdis': round(50 * scale), 'moco': round(30 * scale)}
+    assert chosen == {'cmc': math.floor(150 * scale - 1e-6), 'insdis': math.floor(50 * scale),   # rounded down
+                      'moco': math.floor(30 * scale - 1e-6)}
     said = capsys.readouterr().out
     assert 'cmc 2.0 s, insdis 3.0 s, moco 4.0 s' in said and f'by {scale:.2f}' in said and '~6 min' in said
     tiny = run_demo.fit_minutes(0.5, {'cmc': 150, 'insdis': 50, 'moco': 30},
@@ -114,10 +119,49 @@ def test_minutes_scales_every_stage_by_one_factor_to_fit_the_budget(capsys):
     assert tiny == {'cmc': 1, 'insdis': 1, 'moco': 1} and 'will overrun' in capsys.readouterr().out
 
 
-def test_minutes_refuses_nonsense():
+def test_minutes_and_epochs_refuse_nonsense_before_anything_is_removed(tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, 'scripts'))
     import run_demo
-    for argv in (['--minutes', '0'], ['--minutes', '5', '--smoke'], ['--minutes', '5', '--epochs', 'cmc=2']):
+    kept = tmp_path / 'demo' / 'runs' / 'kept.txt'
+    kept.parent.mkdir(parents=True)
+    kept.write_text('an earlier run')
+    for argv in (['--minutes', '0'], ['--minutes', 'inf'], ['--minutes', 'nan'], ['--minutes', '1e300'],
+                 ['--minutes', '5', '--smoke'], ['--minutes', '5', '--epochs', 'cmc=2'], ['--epochs', 'cmc=x'],
+                 ['--epochs', 'cmc'], ['--epochs', 'cmc=1,,moco=1'], ['--epochs', 'mocoo=4'], ['--epochs', 'cmc=0']):
         with pytest.raises(SystemExit) as e:
-            run_demo.parse_args(argv)
-        assert e.value.code == 2
+            run_demo.main([*argv, '--out', str(tmp_path / 'demo')])
+        assert e.value.code == 2, argv
+        assert 'error: --' in capsys.readouterr().err
+    assert kept.read_text() == 'an earlier run'
+    assert run_demo.parse_args(['--epochs', 'cmc=3,probe=2']).epochs == {'cmc': 3, 'probe': 2}
+
+
+def test_summarise_gives_mean_and_sd_of_each_cells_first_number(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import demo_report
+    tables = []
+    for i, (probe, margin, knn) in enumerate(((70.0, 12.0, 65.0), (74.0, 14.0, 69.0))):
+        path = tmp_path / f'demo{i}.md'
+        path.write_text('\n'.join([
+            '# Demo results', '', demo_report.HEADER, '|---|---:|---:|---:|---:|---:|---:|---:|',
+            f'| CMC (Lab) | {probe} +- 0.5 | +{margin} +- 2.4 | 69.0 | +12.4 | {knn} | +30.0 | 10.0 |',
+            '| random init (resnet18v1, CMC) | 58.0 +- 0.0 |  | 56.6 |  | 32.5 |  | 0.5 |',
+            '| CMC (Lab) | 68.3 | 92.6 | 63.0 | 16.0 |']))        # a row of the old 5-column table: not counted
+        tables.append(str(path))
+    lines = demo_report.summarise(tables).splitlines()
+    cmc = next(line for line in lines if line.startswith('| CMC (Lab)'))
+    sd = 2 ** 0.5 * 2                                            # sample sd of (70, 74); of (12, 14) it is sqrt(2)
+    assert cmc == (f'| CMC (Lab) | 72.0 +- {sd:.1f} | +13.0 +- {2 ** 0.5:.1f} | 69.0 +- 0.0 | +12.4 +- 0.0 | '
+                   f'67.0 +- {sd:.1f} | +30.0 +- 0.0 | 10.0 +- 0.0 | 2 |')
+    random = next(line for line in lines if line.startswith('| random init'))
+    assert random == ('| random init (resnet18v1, CMC) | 58.0 +- 0.0 |  | 56.6 +- 0.0 |  | 32.5 +- 0.0 |  | 0.5 +- 0.0 '
+                      '| 2 |')
+    # one run: no sd to give
+    assert '| CMC (Lab) | 70.0 | +12.0 | 69.0 | +12.4 | 65.0 | +30.0 | 10.0 | 1 |' in demo_report.summarise(tables[:1])
+    from engine.errors import UserError
+    old = tmp_path / 'old.md'
+    old.write_text('| method | probe top-1 | probe top-5 | kNN top-1 | minutes |\n'
+                   '| CMC (Lab) | 68.3 | 92.6 | 63.0 | 16.0 |')
+    for path, says in ((tmp_path / 'missing.md', 'No such file'), (tmp_path, 'directory'), (old, 'other columns')):
+        with pytest.raises(UserError, match=says):
+            demo_report.summarise([tables[0], str(path)])
