@@ -130,13 +130,14 @@ def draw_figure(path, methods, results, cached, losses, knn_curves, knn, map_pan
     bars.axvline(majority, color='grey', ls='--', label='majority class')
     bars.set_xlabel('val top-1 (%)')
     bars.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7)
-    for method, (x, y) in losses.items():
-        loss.plot(x, y, label=method)
+    order = [m for m, _, _ in methods]      # the same colour per method in every run, whichever lane ends first
+    for method in sorted(losses, key=order.index):
+        loss.plot(*losses[method], label=method)
     loss.set_xlabel('epoch')
     loss.set_ylabel('pretraining loss')
     loss.legend(fontsize=8)
-    for method, (x, y) in knn_curves.items():
-        curves.plot(x, y, marker='o', markersize=3, label=method)
+    for method in sorted(knn_curves, key=order.index):
+        curves.plot(*knn_curves[method], marker='o', markersize=3, label=method)
     for random, style in (('random', ':'), ('random_rgb', '--')):
         name = next(label for m, label, _ in methods if m == random)
         curves.axhline(knn[random], color='grey', ls=style, lw=1, label=name)
