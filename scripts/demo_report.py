@@ -84,7 +84,7 @@ def summarise(paths):
             raise UserError(f'--summarise {path}: no row of the demo\'s table ({HEADER[:40]}...); tables of the demo '
                             f'before 87b495b have other columns')
     lines = [f'Mean +- standard deviation over {len(paths)} runs (each cell: its first number; n: runs with the row):',
-             '', HEADER[:-1] + ' n |', '|---|' + '---:|' * columns]
+             '', HEADER + ' n |', '|---|' + '---:|' * columns]
     for label, rows in runs.items():
         cells = []
         for column in zip(*rows):
