@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 import demo_report  # noqa: E402  (scripts/)
 from pretrained import linear_eval  # noqa: E402
 from demo_lanes import Progress, run_in_process, run_lanes, run_script  # noqa: E402
+from demo_precision import choose_precision  # noqa: E402
 
 # The recipe. Chosen on folds of the train split (``bench/demo_recipe.py``: 5 folds, the weighted kNN and the demo's
 # probe on each held-out fold), never on val; float32 CPU time of one process on one thread, this project's 2-core
@@ -192,55 +193,6 @@ def knn_of(ckpt_path, method, model_name, seed, data_folder=None):
     return knn.knn_accuracy(encode, *loaders, n_classes=9, rt=rt)
 
 
-def time_steps(amp_dtype, steps, threads, batch=64, give_up=float('inf')):
-    """Best CPU seconds (process time: other work on a shared machine does not count) of one SGD step of the CMC
-    encoder (resnet18v1 at IMAGE_SIZE, channels-last, as the demo trains it) over ``steps`` steps after one
-    warm-up step, with ``threads`` CPU threads; stops early once a step after the warm-up costs more than give_up."""
-    import torch
-    from engine import runtime
-    from models import build_cmc_model
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(0)
-        rt = runtime.Runtime(device=torch.device('cpu'), amp_dtype=amp_dtype)
-        model = rt.place(build_cmc_model(CMC_MODEL))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE).contiguous(memory_format=torch.channels_last)
-        best = float('inf')
-        for step in range(steps + 1):
-            t0 = time.process_time()
-            with rt.autocast():
-                feat_l, feat_ab = model(x)
-            (feat_l.float().sum() + feat_ab.float().sum()).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds = time.process_time() - t0
-            if step == 0:             # warms up: allocations, oneDNN's kernel choice (seconds for bfloat16)
-                continue
-            best = min(best, seconds)
-            if seconds > give_up:     # clearly the slower one (emulated bfloat16 is several times float32)
-                break
-        return best
-    finally:
-        torch.set_num_threads(before)
-
-
-def choose_precision(choice, threads, steps=3, batch=16):
-    """(pretraining flags, why): with 'auto', time ``steps`` SGD steps of float32 and of bfloat16 autocast on this
-    CPU and take the faster (bfloat16 only when >= 5% faster: it also rounds), instead of trusting CPU flags. batch
-    16, a quarter of the demo's: the ratio, not the time, decides."""
-    if choice != 'auto':
-        return (['--amp'] if choice == 'on' else []), f'--amp {choice}'
-    import torch
-    f32 = time_steps(None, steps, threads, batch)
-    bf16 = time_steps(torch.bfloat16, steps, threads, batch, give_up=3 * f32)
-    faster = bf16 < 0.95 * f32
-    return (['--amp'] if faster else []), (f'an SGD step of batch {batch} cost {f32 * 1e3:.0f} ms of CPU in float32, '
-                                           f'{bf16 * 1e3:.0f} ms in bfloat16 autocast ({threads} thread(s), best of '
-                                           f'{steps}), so {"bfloat16" if faster else "float32"} is faster here')
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.summarise:
@@ -257,7 +209,8 @@ def main(argv=None):
     progress = Progress(len(PRETRAIN) + 3)
     smoke_data = write_smoke_subset(os.path.join(out, 'smoke_emoji64.npz')) if args.smoke else None
     threads = max(1, (os.cpu_count() or 1) // len(LANES))
-    amp, why = choose_precision(args.amp, threads, *((1, 4) if args.smoke else (3, 16)))   # smoke: the plumbing
+    amp, why = choose_precision(args.amp, threads, CMC_MODEL, IMAGE_SIZE,
+                                *((1, 4) if args.smoke else (3, 16)))       # smoke: the plumbing
     progress.say(f'pretraining in {"bfloat16 autocast (--amp)" if amp else "float32"}: {why}')
     progress.say(f'pretraining in {len(LANES)} lanes of {threads} thread(s) each: '
                  + '; '.join(' then '.join(lane) for lane in LANES))
