@@ -22,7 +22,9 @@ from .LinearModel import LinearClassifierAlexNet, LinearClassifierResNet
 from .predictive import CrossViewPredictor, ViewDecoder
 
 CMC_MODEL_NAMES = ('alexnet',) + tuple(f'resnet{d}{v}' for d in (18, 50, 101) for v in ('v1', 'v2', 'v3'))
-INS_MODEL_NAMES = ('resnet50', 'resnet50x2', 'resnet50x4', 'resnet18')
+# resnet18 and resnet18x0.5 are ours (the reference had ResNet-50s only): the demo's small RGB encoders; x0.5 is the
+# width of one CMC resnet18v1 view, a quarter of resnet18's convolution work.
+INS_MODEL_NAMES = ('resnet50', 'resnet50x2', 'resnet50x4', 'resnet18', 'resnet18x0.5')
 
 
 def build_cmc_model(name: str, feat_dim: int = 128, view_channels: Optional[Sequence[int]] = None,
@@ -40,11 +42,11 @@ def build_cmc_model(name: str, feat_dim: int = 128, view_channels: Optional[Sequ
 
 
 def build_ins_model(name: str, feat_dim: int = 128) -> nn.Module:
-    """InsDis / MoCo encoder by its ``--model`` name: resnet50, resnet50x2, resnet50x4 (and resnet18)."""
+    """InsDis / MoCo encoder by its ``--model`` name: resnet50, resnet50x2, resnet50x4 (and resnet18, resnet18x0.5)."""
     if name not in INS_MODEL_NAMES:
         raise ValueError(f'unknown InsDis/MoCo model "{name}"; choose from {", ".join(INS_MODEL_NAMES)}')
-    constructor = InsResNet18 if name == 'resnet18' else InsResNet50
-    width = int(name.partition('x')[2] or 1)
+    constructor = InsResNet18 if name.startswith('resnet18') else InsResNet50
+    width = float(name.partition('x')[2] or 1)
     return constructor(width=width, feat_dim=feat_dim)
 
 
@@ -53,7 +55,7 @@ def linear_probe_multiplier(name: str) -> int:
     (v1 -> 1, v2 -> 2, v3 -> 4; resnet50 -> 1, x2 -> 2, x4 -> 4)."""
     if name.startswith('resnet') and name[-2:] in ('v1', 'v2', 'v3'):
         return {'v1': 1, 'v2': 2, 'v3': 4}[name[-2:]]
-    if name in ('resnet50', 'resnet18'):
+    if name in ('resnet50', 'resnet18', 'resnet18x0.5'):  # ResNet-18s: the probe is given its channels
         return 1
     if name in ('resnet50x2', 'resnet50x4'):
         return int(name[-1])

@@ -69,15 +69,20 @@ def probe(train_x, train_y, val_x, val_y, seeds: Sequence[int] = PROBE_SEEDS, gr
     seeds that classified it right (for ``paired_margin``: its mean is the mean accuracy), 'mean', 'sd' (over seeds;
     0 for one seed)}.
     """
+    from threadpoolctl import threadpool_limits
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
     train_x, val_x = standardise(train_x, val_x)
     fitted, cs, right = {}, [], []
-    for seed in seeds:
-        c, _ = choose_c(train_x, train_y, seed, grid, n_jobs=n_jobs)
-        if c not in fitted:                        # the final fit depends only on C
-            fitted[c] = _logistic(c).fit(train_x, train_y).predict(val_x) == val_y
-        cs.append(c)
-        right.append(fitted[c])
+    # One BLAS thread per fit (joblib's workers get one already): the fits are small, and BLAS threads contending with
+    # torch's OpenMP threads made the in-process fits of bench/demo_recipe.py ~30x slower on 2 cores (13+ minutes
+    # for a checkpoint that takes 26 s this way).
+    with threadpool_limits(limits=1):
+        for seed in seeds:
+            c, _ = choose_c(train_x, train_y, seed, grid, n_jobs=n_jobs)
+            if c not in fitted:                        # the final fit depends only on C
+                fitted[c] = _logistic(c).fit(train_x, train_y).predict(val_x) == val_y
+            cs.append(c)
+            right.append(fitted[c])
     acc = [100 * float(r.mean()) for r in right]
     return {'acc': acc, 'c': cs, 'correct': np.mean(right, axis=0), 'mean': float(np.mean(acc)),
             'sd': float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0}

@@ -30,7 +30,7 @@ def resnet_architecture(info, target, depths=(18, 50, 101), holds=TORCHVISION_HO
     """torchvision's name of the encoder's ResNet ('resnet50'), or, when it is no width-1 ResNet of one of ``depths``,
     a UserError naming ``target`` (the --to value) and what it ``holds``, pointing to --to safetensors."""
     model, width = info['model'], info['width']
-    found = re.fullmatch(r'resnet(\d+)(v\d|x\d)?', model)
+    found = re.fullmatch(r'resnet(\d+)(v\d|x[\d.]+)?', model)
     if found is None or width != 1 or int(found.group(1)) not in depths:
         what = 'AlexNet' if found is None else f'ResNet-{found.group(1)} at width {width:g}'
         raise UserError(f'--to {target} cannot hold --model {model} (a {info["method"]} {what}): it holds {holds} '

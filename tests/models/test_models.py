@@ -251,6 +251,19 @@ def test_width1_resnet_matches_torchvision_layout(depth, torchvision_builder):
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
 
+def test_half_width_resnet18_is_one_cmc_view_on_rgb():
+    # resnet18x0.5 (the demo's InsDis / MoCo): every tensor of the CMC resnet18v1 L view's network, the stem's conv
+    # on 3 input channels instead of 1; layer 6 is 256-d.
+    with META:
+        half = build_ins_model('resnet18x0.5')
+        view = build_cmc_model('resnet18v1').encoder.l_to_ab
+    ours = {k[len('encoder.'):]: tuple(v.shape) for k, v in half.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in view.state_dict().items()}
+    assert ours == {**theirs, 'conv1.weight': (64, 3, 7, 7)} and theirs['conv1.weight'] == (64, 1, 7, 7)
+    assert ours['layer4.1.conv2.weight'] == (256, 256, 3, 3) and ours['fc.weight'] == (128, 256)
+    assert type(half) is InsResNet18 and models.linear_probe_multiplier('resnet18x0.5') == 1
+
+
 def test_builders_reject_unknown_names():
     with pytest.raises(ValueError, match='resnet34v1'):
         build_cmc_model('resnet34v1')

@@ -225,7 +225,11 @@ def test_refusals_are_one_error_line(tmp_path, checkpoints, capsys):
     ckpt = torch.load(small, weights_only=True)
     ckpt['model']['encoder.l_to_ab.bn1.running_var'][0] = float('nan')
     torch.save(ckpt, broken)
+    half, net = str(tmp_path / 'half.pth'), build_ins_model('resnet18x0.5')      # the demo's MoCo
+    torch.save({'opt': {'model': 'resnet18x0.5', 'moco': True}, 'model': net.state_dict(),
+                'model_ema': net.state_dict(), 'epoch': 1}, half)
     cases = [(small, 'torchvision', 'x_{view}.pth', '--to torchvision cannot hold --model resnet18v1'),
+             (half, 'torchvision', 'x.pth', '--model resnet18x0.5 (a moco ResNet-18 at width 0.5)'),
              (alexnet, 'detectron2', 'x_{view}.pkl', '--to detectron2 cannot hold --model alexnet'),
              (checkpoints['cmc_resnet50v2'], 'torchvision', 'x.pth', 'put {view} in --out'),
              (small, 'safetensors', 'x.pth', 'end --out with .safetensors'),
@@ -237,7 +241,7 @@ def test_refusals_are_one_error_line(tmp_path, checkpoints, capsys):
         assert code == 2 and err.startswith('error: ') and needle in err and '\n' not in err, err
         if to in ('torchvision', 'detectron2'):
             assert 'export it with --to safetensors' in err or '{view}' in err
-    assert sorted(os.listdir(tmp_path)) == ['broken.pth', 'probe.pth']            # nothing written
+    assert sorted(os.listdir(tmp_path)) == ['broken.pth', 'half.pth', 'probe.pth']          # nothing written
 
 
 def test_an_existing_output_is_kept_unless_overwrite(tmp_path, checkpoints, capsys):

@@ -22,13 +22,13 @@ def test_demo_smoke(tmp_path):
     rows = [[c.strip() for c in line.strip('|').split('|')] for line in table.splitlines()
             if line.startswith('| ') and not line.startswith('| method')]
     assert [r[0] for r in rows] == ['CMC (Lab)', 'InsDis', 'MoCo', 'random init (resnet18v1, CMC)',
-                                    'random init (resnet18, RGB)']
+                                    'random init (resnet18x0.5, RGB)']
     number = r'(-?[\d.]+)'
     for label, probe, margin, cached, cached_margin, knn, knn_margin, minutes in rows:
         mean, sd = map(float, re.fullmatch(rf'{number} \+- {number}', probe).groups())
         assert 0 <= mean <= 100 and sd >= 0 and 0 <= float(cached) <= 100 and 0 <= float(knn) <= 100
     by_label = {r[0]: r for r in rows}
-    for method, partner in (('CMC (Lab)', 'random init (resnet18v1, CMC)'), ('MoCo', 'random init (resnet18, RGB)')):
+    for method, partner in (('CMC (Lab)', 'random init (resnet18v1, CMC)'), ('MoCo', 'random init (resnet18x0.5, RGB)')):
         # each margin is the method's number minus its random encoder's (the probe's: the first seed's predictions)
         assert float(by_label[method][4]) == pytest.approx(float(by_label[method][3]) - float(by_label[partner][3]),
                                                            abs=0.11)   # each number rounded
@@ -38,7 +38,7 @@ def test_demo_smoke(tmp_path):
         probe_margin = float(by_label[method][2].split(' +- ')[0])
         assert probe_margin == pytest.approx(float(by_label[method][1].split(' +- ')[0])
                                              - float(by_label[partner][1].split(' +- ')[0]), abs=0.11)
-    assert by_label['random init (resnet18, RGB)'][2] == ''
+    assert by_label['random init (resnet18x0.5, RGB)'][2] == ''
     assert (tmp_path / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # the val feature maps of CMC and its random encoder, side by side, each title with its kNN top-1
     from PIL import Image
@@ -55,7 +55,7 @@ def test_demo_smoke(tmp_path):
     for name, build in (('cmc', build_cmc_model), ('random', build_cmc_model), ('insdis', build_ins_model),
                         ('moco', build_ins_model), ('random_rgb', build_ins_model)):
         ckpt = checkpoint.load_checkpoint(str(out / f'{name}.pth'))
-        arch = 'resnet18v1' if build is build_cmc_model else 'resnet18'
+        arch = 'resnet18v1' if build is build_cmc_model else 'resnet18x0.5'     # run_demo's CMC_MODEL, RGB_MODEL
         build(arch).load_state_dict(ckpt['model'])
         assert 'epoch' in ckpt and 'opt' in ckpt
         assert ckpt['opt']['image_size'] == 32        # the random ones too: extract_features.py crops at it
