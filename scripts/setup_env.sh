@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-need="import torch, torchvision, numpy, PIL, skimage, tensorboard, tqdm, matplotlib, safetensors, sklearn"
+need="import torch, torchvision, numpy, PIL, skimage, tensorboard, tqdm, matplotlib, safetensors, sklearn, resvg_py"
 [ "${1:-}" = "--test" ] && need="$need, pytest, timm"
 if ! .venv/bin/python -c "$need" 2>/dev/null; then
   echo "installing requirements into .venv (PyTorch is large: this takes a few minutes once)"
