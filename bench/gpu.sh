@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check. On a machine with a CUDA GPU, from any folder:
 #   bash bench/gpu.sh                 # about 8 minutes on an H200 (BUDGET_S caps it)
+#   STYLES=1 bash bench/gpu.sh        # then one seed of the styles finding too (step 6, at most 6 more minutes)
+#   STYLES=only bash bench/gpu.sh     # the styles finding alone
 # It prints the GPU and the torch version, then runs, each step under `timeout` and logged to its own file, the most
 # telling first, so that a capped run loses the least:
 #   1. the GPU targets (#14): bench/end_to_end.py (CMC AlexNet, 224 px, 8 loader workers, train_CMC.py end to end:
@@ -23,7 +25,8 @@
 # Settings (environment): WORK (folder for logs and runs; default a new temporary folder, kept and printed),
 # PY (default .venv/bin/python if there is one, else python3), BUDGET_S (seconds: a check that would start with
 # under 20 s left is skipped, and each one's limit is cut to what is left; default 900), CHECK_DEVICE=cpu (the same
-# steps on the CPU, much slower: only to try this script itself).
+# steps on the CPU, much slower: only to try this script itself), STYLES (above), STYLES_FLAGS (more flags for
+# scripts/findings.py styles, e.g. "--smoke --lanes 1 --data_folder DIR" to try step 6 on the CPU).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
@@ -111,6 +114,7 @@ EOF
 )
 echo "$MACHINE"
 
+if [ "${STYLES:-}" != only ]; then      # STYLES=only: step 6 alone
 # ----------------------------------------------------------------------------------------- 1. the GPU targets
 bench() {               # name script [flags...]: adds --device when the script takes it
   local name=$1 script=$2; shift 2
@@ -240,6 +244,21 @@ bench bench_colour  bench/bench_colour.py
 # the pure-Python reference build runs on the CPU (tens of seconds; its figure is in the README): left out here
 bench bench_sampler bench/bench_sampler.py --skip-reference
 bench bench_loader  bench/loader.py --images 60 --items 240 --repeats 1 --large-size 0 0   # per CPU core, quiet cores
+
+fi  # steps 1-5
+
+# ------------------------------------------------------------------------- 6. the styles finding, when asked
+# STYLES=1 (after the checks above) or STYLES=only (alone): one seed of the styles finding (scripts/findings_styles.sh,
+# issue #25: 10 pretraining runs on data/styles32, 40 epochs each, and the evaluation of 11 encoders), 4 runs side by
+# side on the GPU, capped at 6 minutes; its table is printed with the summary.
+if [ -n "${STYLES:-}" ] && [ "${STYLES}" != 0 ]; then
+  # shellcheck disable=SC2086
+  if run_check styles_finding 360 bash scripts/findings_styles.sh --lanes 4 --work "$WORK/runs/styles" \
+      --results "$WORK/styles_results" ${STYLES_FLAGS:-}; then
+    cat "$WORK/styles_results/findings.md" >>"$WORK/logs/styles_finding.log"
+    echo styles_finding >>"$WORK/figure_logs"
+  fi
+fi
 
 # ------------------------------------------------------------------------------------------------------ summary
 echo

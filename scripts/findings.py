@@ -3,7 +3,9 @@
   views      probe quality of the L encoder alone against the number of views (2, 3, 4), core and full paradigms;
   objective  contrastive against predictive (cross-view L2 prediction), the same encoders and epochs;
   protocol   which evaluation separates a pretrained encoder from a random one best on this data: the cached
-             centre-crop probe, the reference's augmented probe, or the weighted kNN.
+             centre-crop probe, the reference's augmented probe, or the weighted kNN;
+  styles     the same growing views on a real multiview data set, each emoji drawn by three artists
+             (scripts/findings_styles.py, data/styles32), both objectives, two label sets, cross-style transfer.
 
 Each run pretrains with train_CMC.py on the bundled emoji set (the demo's recipe: resnet18v1, 64 px, batch 64,
 nce_k 1024, softmax, nce_t 0.1, lr 0.03), then evaluates the L encoder (and both views for the objective) with the
@@ -21,6 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import findings_styles as styles  # noqa: E402  (scripts/)
 
 MODEL = 'resnet18v1'
 RECIPE = ['--model', MODEL, '--batch_size', '64', '--nce_k', '1024', '--softmax', '--nce_t', '0.1',
@@ -33,20 +36,22 @@ VIEW_RUNS = [('2 views (L, ab)', ['L', 'ab'], 'core'), ('3 views (+S), core', ['
              ('3 views (+S), full', ['L', 'ab', 'S'], 'full'), ('4 views (+S, H), core', ['L', 'ab', 'S', 'H'], 'core'),
              ('4 views (+S, H), full', ['L', 'ab', 'S', 'H'], 'full')]
 OBJECTIVE_RUNS = [('contrastive', ['L', 'ab'], 'contrastive'), ('predictive', ['L', 'ab'], 'predictive')]
-EPOCHS = {'views': 8, 'objective': 20, 'protocol': 20}
+EPOCHS = {'views': 8, 'objective': 20, 'protocol': 20, 'styles': 40}
 PROBE_EPOCHS, AUGMENTED_PROBE_EPOCHS = 30, 10
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('finding', choices=['views', 'objective', 'protocol'])
+    p.add_argument('finding', choices=['views', 'objective', 'protocol', 'styles'])
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--epochs', type=int, default=None, help='pretraining epochs (default: views 8, objective 20)')
     p.add_argument('--checkpoint', default=None, help='protocol: an L | ab checkpoint to measure instead of '
                    'pretraining one (e.g. the objective finding\'s contrastive run, same recipe)')
     p.add_argument('--smoke', action='store_true', help='1 epoch everywhere, batch 8 (tests, with --dataset folder)')
-    p.add_argument('--dataset', default='demo')
-    p.add_argument('--data_folder', default=None)
+    p.add_argument('--dataset', default='demo', help='styles: always multiview_folder')
+    p.add_argument('--data_folder', default=None, help=f'styles: default {styles.DATA_FOLDER}')
+    p.add_argument('--labels', nargs='+', choices=styles.LABEL_SETS, default=list(styles.LABEL_SETS),
+                   help='styles: the label sets evaluated (class folders: the 9 categories; labels.csv: subcategory)')
     p.add_argument('--results', default=os.path.join(ROOT, 'results'), help='where findings.md, .json, .png go')
     p.add_argument('--work', default=None, help='checkpoints and logs (default /tmp/cmc_findings/<finding>)')
     p.add_argument('--lanes', type=int, default=1, help='runs side by side, each on one thread (as the demo\'s lanes: '
@@ -56,6 +61,10 @@ def parse_args(argv=None):
         p.error('--lanes must be at least 1, and 1 with --smoke (its runs share this process)')
     args.epochs = args.epochs or (1 if args.smoke else EPOCHS[args.finding])
     args.work = args.work or os.path.join('/tmp/cmc_findings', args.finding)
+    args.image_size = 64
+    if args.finding == 'styles':
+        args.dataset, args.image_size = 'multiview_folder', styles.IMAGE_SIZE
+        args.data_folder = args.data_folder or styles.DATA_FOLDER
     return args
 
 
@@ -101,9 +110,10 @@ def run_here(script_args, f):
     return 0
 
 
-def data_flags(args):
-    return ['--dataset', args.dataset, '--image_size', '64', '--num_workers', '0', '--print_freq', '1000'] + \
-        (['--data_folder', args.data_folder] if args.data_folder else [])
+def data_flags(args, data_folder=None):
+    folder = data_folder or args.data_folder
+    return ['--dataset', args.dataset, '--image_size', str(args.image_size), '--num_workers', '0', '--print_freq',
+            '1000'] + (['--data_folder', folder] if folder else [])
 
 
 def pretrain(args, seed, name, views, paradigm='core', objective='contrastive'):
@@ -158,13 +168,14 @@ def knn_top1(args, ckpt_path, probe_views):
                             rt=runtime.Runtime(device=torch.device('cpu')))
 
 
-def probe_top1(args, seed, ckpt_path, probe_views, name, cached=True):
-    """LinearProbing.py on the probed views (layer 6, --bn); the final epoch's val top-1 (not the best over epochs)."""
+def probe_top1(args, seed, ckpt_path, probe_views, name, cached=True, data_folder=None):
+    """LinearProbing.py on the probed views (layer 6, --bn); the final epoch's val top-1 (not the best over epochs).
+    ``data_folder``: another data set than --data_folder (the styles finding's label trees)."""
     from engine import checkpoint
     epochs = 1 if args.smoke else (PROBE_EPOCHS if cached else AUGMENTED_PROBE_EPOCHS)
     out = os.path.join(args.work, f'seed{seed}', 'probe', name)
-    run(args, ['LinearProbing.py', *data_flags(args), '--seed', str(seed), '--model', MODEL, '--layer', '6',
-               '--learning_rate', '0.1', '--bn', '--model_path', ckpt_path, '--epochs', str(epochs),
+    run(args, ['LinearProbing.py', *data_flags(args, data_folder), '--seed', str(seed), '--model', MODEL,
+               '--layer', '6', '--learning_rate', '0.1', '--bn', '--model_path', ckpt_path, '--epochs', str(epochs),
                '--batch_size', '8' if args.smoke else '128', '--overwrite',
                '--lr_decay_epochs', f'{max(1, int(epochs * 0.6))},{max(1, int(epochs * 0.8))}',
                '--probe_views', *probe_views, '--save_path', out, '--tb_path', os.path.join(out, 'tb'),
@@ -204,6 +215,8 @@ def run_seed(args, seed):
             return label, row
         rows.update(in_lanes(args, views_run, VIEW_RUNS[:1] + VIEW_RUNS[2:3] if args.smoke else VIEW_RUNS))
         rows['random init'] = evaluate(args, seed, random_encoder(args, seed), 'random', [['L']])
+    elif args.finding == 'styles':
+        rows = styles_seed(args, seed)
     elif args.finding == 'objective':
         probe_sets = [['L']] if args.smoke else [['L'], ['L', 'ab']]
 
@@ -226,6 +239,25 @@ def run_seed(args, seed):
     return rows
 
 
+def styles_seed(args, seed):
+    """The styles finding's runs of one seed (scripts/findings_styles.py): {row label: {metric: top-1, 'minutes'}}."""
+    trees = styles.build_trees(args.data_folder, os.path.join(args.work, f'seed{seed}'), args.labels)
+
+    def probe(ckpt, tree, name):
+        return probe_top1(args, seed, ckpt, ['L'], name, data_folder=tree)
+
+    def styles_run(run):
+        label, views, paradigm, objective = run
+        name = f'{objective}_{"_".join(views)}_{paradigm}'
+        ckpt, minutes = pretrain(args, seed, name, views, paradigm, objective)
+        row = {**styles.evaluate(ckpt, name, trees, probe), 'minutes': minutes}
+        say(f'seed {seed} {label}: {row}')
+        return label, row
+    rows = dict(in_lanes(args, styles_run, styles.runs(args.smoke)))
+    rows['random init'] = styles.evaluate(random_encoder(args, seed), 'random', trees, probe)
+    return rows
+
+
 def say(text):
     print(time.strftime('%H:%M:%S'), text, flush=True)
 
@@ -236,6 +268,8 @@ def main(argv=None):
         import torch
         torch.set_num_threads(1)        # the in-process kNN of each lane, like its subprocesses
     from findings_report import write_section
+    if args.finding == 'styles':
+        styles.read_labels(args.data_folder)        # a data set of build_styles_data.py, before any work
     store = os.path.join(args.results, f'findings_{args.finding}{"_smoke" if args.smoke else ""}.json')
     saved = json.load(open(store)) if os.path.isfile(store) else {}
     t0 = time.time()
@@ -252,4 +286,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from engine.errors import run_main
+    run_main(main)

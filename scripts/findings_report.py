@@ -4,19 +4,27 @@ import os
 import re
 import statistics
 
+import findings_styles as styles
+
 TITLES = {
     'views': 'More views: the L encoder alone against the number of views (Tian et al. 2019, Sec. 4.3, Fig. 6)',
     'objective': 'Contrastive against predictive learning, same encoders and epochs (Tian et al. 2019, Sec. 3.1, '
                  'Table 4)',
     'protocol': 'Probe protocol: which evaluation separates a pretrained encoder from a random one',
+    'styles': 'More views, each an artist\'s rendering: the L encoder against the number of views on the emoji styles '
+              'data set (both objectives)',
 }
 COMMANDS = {'views': 'bash scripts/findings_views.sh', 'objective': 'bash scripts/findings_objective.sh',
-            'protocol': 'python scripts/findings.py protocol'}
+            'protocol': 'python scripts/findings.py protocol', 'styles': 'bash scripts/findings_styles.sh'}
 SEEDED_COMMANDS = {'views': 'SEEDS="0 1 2" bash scripts/findings_views.sh',
                    'objective': 'SEEDS="0 1 2" bash scripts/findings_objective.sh',
-                   'protocol': 'python scripts/findings.py protocol --seeds 0 1 2'}
+                   'protocol': 'python scripts/findings.py protocol --seeds 0 1 2',
+                   'styles': 'SEEDS="0 1 2" bash scripts/findings_styles.sh'}
 LABELS = {'knn L': 'kNN top-1 (L)', 'probe L': 'cached probe top-1 (L)', 'knn L+ab': 'kNN top-1 (L+ab)',
           'probe L+ab': 'cached probe top-1 (L+ab)', 'augmented probe L': 'augmented probe top-1 (L)',
+          'knn L subcategory': 'kNN top-1 (L, subcategory)',
+          'probe L subcategory': 'cached probe top-1 (L, subcategory)',
+          'probe L -> fluent': 'probe on Fluent val (L)', 'probe L -> openmoji': 'probe on OpenMoji val (L)',
           'minutes': 'pretraining minutes'}
 
 
@@ -48,7 +56,7 @@ def write_section(args, runs):
     body = (f'## {TITLES[args.finding]}\n\n'
             f'Command: `{COMMANDS[args.finding]}` (seeds: `{SEEDED_COMMANDS[args.finding]}`). '
             f'{len(runs)} run(s): {", ".join(runs)}; wall time per seed {cell(minutes)} min (2-core CPU, float32).'
-            f'{" SMOKE MODE: numbers mean nothing." if args.smoke else ""}\n\n{table(runs)}\n\n'
+            f'{" SMOKE MODE: numbers mean nothing." if args.smoke else ""}{styles_note(args)}\n\n{table(runs)}\n\n'
             f'![{args.finding}](findings_{name}.png)\n')
     path = os.path.join(args.results, 'findings.md')
     text = open(path).read() if os.path.isfile(path) else '# Multiview findings at demo scale\n\n'
@@ -60,7 +68,19 @@ def write_section(args, runs):
         text = text.rstrip('\n') + '\n\n' + block + '\n'
     with open(path, 'w') as f:
         f.write(text)
-    plot(os.path.join(args.results, f'findings_{name}.png'), runs)
+    draw = plot_styles if args.finding == 'styles' else plot
+    draw(os.path.join(args.results, f'findings_{name}.png'), runs)
+
+
+def styles_note(args):
+    if args.finding != 'styles':
+        return ''
+    counts = {labels: styles.label_counts(args.data_folder, labels) for labels in args.labels}
+    sets = '; '.join(f'{labels}: {n} classes' + (f' ({left} val images of classes without a train image left out)'
+                                                  if left else '') for labels, (n, left) in counts.items())
+    return (f' Data: {args.data_folder}, {styles.IMAGE_SIZE} px, {args.epochs} epochs. Label sets: {sets}. The L '
+            f'encoder is evaluated; "probe on Fluent / OpenMoji val": the category probe trained on Google\'s train '
+            f'features, tested on that style\'s val images through the same L encoder.')
 
 
 def plot(path, runs):
@@ -82,6 +102,47 @@ def plot(path, runs):
     ax.set_xticklabels(labels, rotation=20, ha='right', fontsize=8)
     ax.set_ylabel('val top-1 (%)')
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_styles(path, runs):
+    """The styles finding: each metric against the number of views, one line per objective and paradigm (the 2-view
+    run starts both paradigms' lines), mean over seeds with sd as error bars; random init as a dashed line."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    seeds = list(runs.values())
+    labels = list(seeds[0]['rows'])
+    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    rows = 2 if len(metrics) > 3 else 1
+    cols = -(-len(metrics) // rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis('off')
+    shape = {label: (len(views), paradigm, objective)
+             for smoke in (False, True) for label, views, paradigm, objective in styles.runs(smoke)}
+    for ax, metric in zip(axes.flat, metrics):
+        def stats(label):
+            values = [s['rows'][label][metric] for s in seeds if metric in s['rows'].get(label, {})]
+            return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        for objective in styles.OBJECTIVES:
+            for paradigm in ('core', 'full'):
+                on_line = [label for label in labels if label in shape and shape[label][2] == objective
+                           and (shape[label][1] == paradigm or shape[label][0] == 2)]
+                points = sorted((shape[label][0], *stats(label)) for label in on_line)
+                if len(points) > 1:
+                    x, y, err = zip(*points)
+                    ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=f'{objective}, {paradigm}',
+                                linestyle='-' if objective == 'contrastive' else ':')
+        if 'random init' in labels:
+            ax.axhline(stats('random init')[0], color='grey', linestyle='--', label='random init')
+        ax.set_title(LABELS[metric], fontsize=8)
+        ax.set_xlabel('views')
+        ax.set_xticks([2, 3, 4])
+    axes[0][0].set_ylabel('val top-1 (%)')
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

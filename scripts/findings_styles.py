@@ -1,0 +1,123 @@
+"""The styles finding of scripts/findings.py: CMC on "literally multiple viewpoint data" (the original README's words),
+each emoji drawn by three artists (``scripts/build_styles_data.py``: Google's Noto in ``rgb/``, giving the colour views
+L and ab; Fluent-3D and OpenMoji as views read from files). Unlike S or H, which are functions of the RGB that L and
+ab already hold, another artist's drawing carries what the Google image lacks: the finding "more views give a better
+representation of each view" (Tian et al. 2019, Sec. 4.3, Fig. 6) can show here.
+
+Runs per seed: views L ab, then + fluent, then + fluent openmoji, core and full paradigms, each trained by the
+contrastive and by the predictive objective (the same encoders and epochs), and a random-init encoder. Each encoder's
+L network is evaluated: the weighted kNN and the cached linear probe on Google's val images, for the 9 categories and
+for emoji.json's subcategories (``labels.csv``); and cross-style transfer, the category probe trained on Google's
+train features and tested on the other styles' val images, fed through the same L network.
+
+The evaluation reads label trees: symlink copies of the data set whose class folders are the chosen label set and
+whose ``val/rgb`` holds the chosen style's images (so that LinearProbing.py, trained on the same train features with
+the same seed, tests the same probe on another style).
+"""
+import csv
+import os
+import shutil
+
+STYLE_VIEWS = [('L, ab', ['L', 'ab'], 'core'),
+               ('+fluent, core', ['L', 'ab', 'fluent'], 'core'), ('+fluent, full', ['L', 'ab', 'fluent'], 'full'),
+               ('+fluent, openmoji, core', ['L', 'ab', 'fluent', 'openmoji'], 'core'),
+               ('+fluent, openmoji, full', ['L', 'ab', 'fluent', 'openmoji'], 'full')]
+OBJECTIVES = ('contrastive', 'predictive')
+STYLES = ('rgb', 'fluent', 'openmoji')
+LABEL_SETS = ('category', 'subcategory')
+DATA_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'styles32')
+IMAGE_SIZE = 32
+
+
+def runs(smoke=False):
+    """[(row label, views, paradigm, objective)]: every view set under both objectives (smoke: the first two)."""
+    chosen = STYLE_VIEWS[:2] if smoke else STYLE_VIEWS
+    return [(f'{objective}, {label}', views, paradigm, objective)
+            for objective in OBJECTIVES for label, views, paradigm in chosen]
+
+
+def read_labels(data_folder):
+    """labels.csv's rows as dicts (split, class, file, unified, category, subcategory); a missing file is an error
+    that says how to build the data set."""
+    from engine.errors import UserError
+    path = os.path.join(data_folder, 'labels.csv')
+    if not os.path.isfile(path):
+        raise UserError(f'{path} not found: the styles finding reads a data set of scripts/build_styles_data.py '
+                        f'(python scripts/build_styles_data.py --out {data_folder} --size 32 --npm_pack)')
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def label_tree(data_folder, root, labels, val_style, rows):
+    """A multiview_folder data set at ``root`` of symlinks into ``data_folder``: class folders named by ``labels``
+    (a labels.csv column), every style's folder for both splits, and ``val/rgb`` holding ``val_style``'s images.
+    Val images of a class that train lacks are left out (a probe cannot learn it). Returns how many were left out."""
+    shutil.rmtree(root, ignore_errors=True)
+    trained = {row[labels] for row in rows if row['split'] == 'train'}
+    dropped = 0
+    for row in rows:
+        if row[labels] not in trained:
+            dropped += 1
+            continue
+        for style in STYLES:
+            source = val_style if (row['split'], style) == ('val', 'rgb') else style
+            folder = os.path.join(root, row['split'], style, row[labels])
+            os.makedirs(folder, exist_ok=True)
+            os.symlink(os.path.abspath(os.path.join(data_folder, row['split'], source, row['class'], row['file'])),
+                       os.path.join(folder, row['file']))
+    return dropped
+
+
+def build_trees(data_folder, work, label_sets):
+    """{(labels, val style): tree folder under ``work``/trees} of the evaluations run: the category probe on every
+    style's val images, the subcategory one on Google's."""
+    rows = read_labels(data_folder)
+    trees = {}
+    for labels in label_sets:
+        for style in (STYLES if labels == 'category' else STYLES[:1]):
+            root = os.path.join(work, 'trees', f'{labels}_{style}')
+            label_tree(data_folder, root, labels, style, rows)
+            trees[labels, style] = root
+    return trees
+
+
+def label_counts(data_folder, labels):
+    """(classes with a train image, val images of a class without one: left out of the evaluation) for a label set."""
+    rows = read_labels(data_folder)
+    trained = {row[labels] for row in rows if row['split'] == 'train'}
+    return len(trained), sum(row['split'] == 'val' and row[labels] not in trained for row in rows)
+
+
+def metric(labels, style, kind):
+    """The stored metric's name: 'probe L' (categories, Google's val), 'knn L subcategory', 'probe L -> fluent'."""
+    return f'{kind} L' + ('' if labels == 'category' else f' {labels}') + ('' if style == 'rgb' else f' -> {style}')
+
+
+def l_knn(ckpt_path, tree):
+    """Weighted kNN top-1 (k=200, t=0.07) of the L network's layer-6 features, the tree's train split -> val."""
+    from pretrained import feature_map as fm
+    from pretrained.load import load_encoder
+    from views import ViewStack
+    from views.flags import file_channels
+    encoder = load_encoder(ckpt_path)
+    views = encoder.info['views']
+    sets = fm.data_splits('multiview_folder', tree, IMAGE_SIZE, views=views, say=lambda *a: None)
+    stack = ViewStack(views, file_channels(views, encoder.info['view_channels']))
+    part = views.index('L')
+    feats = {}
+    for split in ('train', 'val'):
+        x, y, _ = fm.encoder_features(encoder, sets[split], 6, view=stack)
+        width = x.shape[1] // len(views)
+        feats[split] = x[:, part * width:(part + 1) * width], y
+    return fm.knn_top1(*feats['train'], *feats['val'], len(sets['train'].classes))
+
+
+def evaluate(ckpt_path, name, trees, probe):
+    """{metric: top-1} of one encoder's L network on every tree; ``probe(ckpt, tree, run name)``: the cached probe's
+    final val top-1 on a tree (findings.py's LinearProbing.py run)."""
+    row = {}
+    for (labels, style), tree in trees.items():
+        if style == 'rgb':
+            row[metric(labels, style, 'knn')] = l_knn(ckpt_path, tree)
+        row[metric(labels, style, 'probe')] = probe(ckpt_path, tree, f'{name}_{labels}_{style}')
+    return row
