@@ -9,7 +9,7 @@ The seed README's recipe runs as it is:
 
 On a laptop CPU, probing a demo checkpoint:
 
-    python eval_moco_ins.py --dataset demo --image_size 64 --model resnet18 --learning_rate 0.1 \
+    python eval_moco_ins.py --dataset demo --image_size 32 --model resnet18x0.5 --learning_rate 0.1 \
         --model_path results/demo/moco.pth --save_path runs/probe --tb_path runs/tb --epochs 10 \
         --batch_size 64 --num_workers 0 --cache_features --bn
 """

@@ -1,7 +1,7 @@
 """A supervised reference on the bundled demo set: what the demo's labels buy when they train the encoder itself.
 
-Trains one RGB ResNet-18 (the InsDis / MoCo encoder, its fc replaced by a 9-way linear layer) end to end with
-cross-entropy on the 1,528 training images, with the InsDis / MoCo crops (``--aug NULL``: random resized crop from
+Trains one RGB ResNet-18 (the 64 px demo's InsDis / MoCo encoder, its fc replaced by a 9-way linear layer) end to end
+with cross-entropy on the 1,528 training images, with the InsDis / MoCo crops (``--aug NULL``: random resized crop from
 20% of the area, horizontal flip), SGD (momentum 0.9, weight decay 5e-4) and a cosine learning rate; one fresh run per
 budget in ``--epochs``, each printing its final val top-1 (Resize + CenterCrop, as the probes) and its minutes.
 This is not a self-supervised method and not part of the demo: it shows how far the labels themselves get within a

@@ -23,7 +23,7 @@ from .predictive import CrossViewPredictor, ViewDecoder
 
 CMC_MODEL_NAMES = ('alexnet',) + tuple(f'resnet{d}{v}' for d in (18, 50, 101) for v in ('v1', 'v2', 'v3'))
 # resnet18 and resnet18x0.5 are ours (the reference had ResNet-50s only): the demo's small RGB encoders; x0.5 is the
-# width of one CMC resnet18v1 view, a quarter of resnet18's convolution work.
+# width of one CMC resnet18v1 view, about a third of resnet18's multiply-adds at 32 px (the stem stays 64 wide).
 INS_MODEL_NAMES = ('resnet50', 'resnet50x2', 'resnet50x4', 'resnet18', 'resnet18x0.5')
 
 

@@ -1,5 +1,6 @@
 """ResNets (He et al. 2016, "Deep Residual Learning") as used by CMC (Tian et al. 2019: one network per
-view at width 0.5 / 1 / 2) and by InsDis / MoCo (one RGB ResNet-50 at width 1 / 2 / 4)."""
+view at width 0.5 / 1 / 2) and by InsDis / MoCo (one RGB ResNet-50 at width 1 / 2 / 4; ours: ResNet-18 at width 1
+or 0.5)."""
 import math
 
 import torch.nn.functional as F
@@ -167,7 +168,7 @@ class InsResNet(CheckpointCompatible):
     """InsDis / MoCo encoder (Wu et al. 2018; He et al. 2019): ``encoder`` is one RGB ResNet of ``depth``
     at ``width``. ``forward(x, layer=7)`` -> one tensor."""
 
-    def __init__(self, depth: int = 50, width: int = 1, feat_dim: int = 128):
+    def __init__(self, depth: int = 50, width: float = 1, feat_dim: int = 128):
         super().__init__()
         self.encoder = ResNet(depth, width, in_channel=3, low_dim=feat_dim)
 
@@ -185,5 +186,5 @@ class InsResNet50(InsResNet):
 class InsResNet18(InsResNet):
     """ResNet-18 variant of InsResNet50, small enough for CPU demos (not in the reference)."""
 
-    def __init__(self, width: int = 1, feat_dim: int = 128):
+    def __init__(self, width: float = 1, feat_dim: int = 128):
         super().__init__(depth=18, width=width, feat_dim=feat_dim)

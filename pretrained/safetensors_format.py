@@ -71,6 +71,7 @@ def _wrong_metadata(info):
     checks = [
         (info['method'] in models, f'method {info["method"]!r} (one of {", ".join(models)})'),
         (info['model'] in models.get(info['method'], ()), f'model {info["model"]!r} for method {info["method"]!r}'),
+        (_width_matches(info), f'width {info["width"]!r} where model {info["model"]!r} has another'),
         (isinstance(views, list) and views and all(isinstance(v, str) for v in views), f'views {views!r}'),
         (isinstance(channels, list) and len(channels) == len(views or ()) and all(_positive(c) for c in channels),
          f'view_channels {channels!r} (a positive integer per view)'),
@@ -81,6 +82,14 @@ def _wrong_metadata(info):
          f'image_size {info["image_size"]!r} and feat_dim {info["feat_dim"]!r} (positive integers)'),
     ]
     return next((what for ok, what in checks if not ok), '')
+
+
+def _width_matches(info):
+    """The recorded width is the model name's (torchvision export reads it): True also for an unknown model, which the
+    model check refuses."""
+    from pretrained.load import model_width       # here: pretrained.load reads safetensors through this module
+    known = info['model'] in CMC_MODEL_NAMES + INS_MODEL_NAMES
+    return not known or info['width'] == model_width(info['model'])
 
 
 def _positive(value):

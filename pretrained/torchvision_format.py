@@ -9,7 +9,8 @@ only so that ``load_state_dict(strict=True)`` works. Replace it (``m.fc = torch.
 
 Which encoders: ResNets at width 1 of a depth torchvision has: InsDis / MoCo resnet18 and resnet50, CMC resnet18v2,
 resnet50v2 and resnet101v2 (one state dict per view; ``conv1`` takes the view's channels, 1 for L, 2 for ab).
-The others (CMC v1 and v3, widths 0.5 and 2; resnet50x2 / x4; AlexNet) are a UserError: use ``--to safetensors``.
+The others (CMC v1 and v3, widths 0.5 and 2; resnet50x2 / x4; resnet18x0.5; AlexNet) are a UserError: use
+``--to safetensors``.
 """
 import re
 from collections.abc import Sequence
@@ -33,8 +34,9 @@ def resnet_architecture(info, target, depths=(18, 50, 101), holds=TORCHVISION_HO
     found = re.fullmatch(r'resnet(\d+)(v\d|x[\d.]+)?', model)
     if found is None or width != 1 or int(found.group(1)) not in depths:
         what = 'AlexNet' if found is None else f'ResNet-{found.group(1)} at width {width:g}'
-        raise UserError(f'--to {target} cannot hold --model {model} (a {info["method"]} {what}): it holds {holds} '
-                        f'only; export it with --to safetensors, which holds every architecture')
+        article = 'an' if info['method'][0] in 'aeiou' else 'a'
+        raise UserError(f'--to {target} cannot hold --model {model} ({article} {info["method"]} {what}): it holds '
+                        f'{holds} only; export it with --to safetensors, which holds every architecture')
     return f'resnet{found.group(1)}'
 
 

@@ -3,8 +3,8 @@ for other libraries: torchvision (and timm), detectron2, or safetensors.
 
     # the demo's CMC encoder (two half-width ResNet-18s, L and ab): safetensors holds every architecture
     python scripts/export.py --model_path results/demo/cmc.pth --to safetensors --out exported/cmc.safetensors
-    # the demo's MoCo ResNet-18 as torchvision's (and timm's) resnet18 state dict
-    python scripts/export.py --model_path results/demo/moco.pth --to torchvision --out exported/moco_resnet18.pth
+    # the demo's MoCo (a half-width ResNet-18, which torchvision has no model for) as one safetensors file
+    python scripts/export.py --model_path results/demo/moco.pth --to safetensors --out exported/moco.safetensors
     # the released CMC ResNet-50 v2: one file per view ({view} -> L, ab), for torchvision and for detectron2
     python scripts/export.py --model_path /path/to/CMC_resnet50v2.pth --to torchvision --out exported/cmc_{view}.pth
     python scripts/export.py --model_path /path/to/CMC_resnet50v2.pth --to detectron2 --out exported/cmc_{view}.pkl

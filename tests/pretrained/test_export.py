@@ -345,7 +345,7 @@ def test_exports_given_as_checkpoints_and_a_contradicting_view_are_one_line(tmp_
     ('model', 'resnet99', "model 'resnet99'"), ('method', 'simclr', "method 'simclr'"),
     ('method', 'moco', "model 'resnet18v1' for method 'moco'"), ('view_channels', ['1', '2'], 'view_channels'),
     ('views', None, 'views None'), ('preprocessing', 'junk', 'preprocessing that does not match'),
-    ('image_size', -5, 'image_size -5'),
+    ('image_size', -5, 'image_size -5'), ('width', 1, "width 1 where model 'resnet18v1' has another"),
 ])
 def test_safetensors_metadata_that_describes_no_encoder_is_one_line(tmp_path, checkpoints, key, value, needle):
     from safetensors.torch import load_file, save_file

@@ -108,8 +108,9 @@ def test_minutes_scales_every_stage_by_one_factor_to_fit_the_budget(capsys):
     progress = demo_lanes.Progress(1)
     chosen = run_demo.fit_minutes(10, {'cmc': 150, 'insdis': 50, 'moco': 30},
                                   lambda method, n, calibrate: per_epoch[method], progress)
-    # lanes: cmc 150 x 2 = 300 s; insdis then moco 50 x 3 + 30 x 4 = 270 s; evaluation 40 CMC epochs = 80 s
-    scale = (600 - 80) / 300                                    # (the calibration itself took ~0 s here)
+    # lanes: cmc 150 x 2 = 300 s; insdis then moco 50 x 3 + 30 x 4 = 270 s; evaluation EVAL_CMC_EPOCHS CMC epochs
+    assert run_demo.EVAL_CMC_EPOCHS == 20
+    scale = (600 - 20 * 2.0) / 300                              # (the calibration itself took ~0 s here)
     assert chosen == {'cmc': math.floor(150 * scale - 1e-6), 'insdis': math.floor(50 * scale),   # rounded down
                       'moco': math.floor(30 * scale - 1e-6)}
     said = capsys.readouterr().out
