@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('finding', choices=['views', 'objective', 'protocol', 'styles'])
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
-    p.add_argument('--epochs', type=int, default=None, help='pretraining epochs (default: views 8, objective 20)')
+    p.add_argument('--epochs', type=int, default=None,
+                   help='pretraining epochs (default: views 8, objective 20, styles 40)')
     p.add_argument('--checkpoint', default=None, help='protocol: an L | ab checkpoint to measure instead of '
                    'pretraining one (e.g. the objective finding\'s contrastive run, same recipe)')
     p.add_argument('--smoke', action='store_true', help='1 epoch everywhere, batch 8 (tests, with --dataset folder)')
