@@ -46,8 +46,17 @@ def build_ins_model(name: str, feat_dim: int = 128) -> nn.Module:
     if name not in INS_MODEL_NAMES:
         raise ValueError(f'unknown InsDis/MoCo model "{name}"; choose from {", ".join(INS_MODEL_NAMES)}')
     constructor = InsResNet18 if name.startswith('resnet18') else InsResNet50
-    width = float(name.partition('x')[2] or 1)
-    return constructor(width=width, feat_dim=feat_dim)
+    return constructor(width=model_width(name), feat_dim=feat_dim)
+
+
+def model_width(name: str) -> float:
+    """The width multiplier a --model name says: CMC resnet v1 0.5, v2 1, v3 2; InsDis / MoCo xN N (resnet18x0.5:
+    0.5), none 1; AlexNet 0.5 (the half-width AlexNet of each view)."""
+    if name == 'alexnet':
+        return 0.5
+    if name in CMC_MODEL_NAMES:
+        return CMC_RESNET_WIDTHS[name[-2:]]
+    return float(name.partition('x')[2] or 1)
 
 
 def linear_probe_multiplier(name: str) -> int:
@@ -68,6 +77,6 @@ __all__ = [
     'HalfAlexNet', 'MyAlexNetCMC', 'BasicBlock', 'Bottleneck', 'ResNet', 'RESNET_DEPTHS',
     'CMC_RESNET_WIDTHS', 'MyResNetsCMC', 'InsResNet', 'InsResNet50', 'InsResNet18',
     'LinearClassifierAlexNet', 'LinearClassifierResNet', 'CrossViewPredictor', 'ViewDecoder',
-    'CMC_MODEL_NAMES', 'INS_MODEL_NAMES',
+    'CMC_MODEL_NAMES', 'INS_MODEL_NAMES', 'model_width',
     'build_cmc_model', 'build_ins_model', 'linear_probe_multiplier',
 ]

@@ -9,7 +9,7 @@ import torch
 from engine.checkpoint import SAFETENSORS_SUFFIX, checkpoint_section, load_checkpoint, load_weights
 from engine.errors import UserError
 from engine.finite import refuse_non_finite
-from models import CMC_MODEL_NAMES, CMC_RESNET_WIDTHS, INS_MODEL_NAMES, build_cmc_model, build_ins_model
+from models import CMC_MODEL_NAMES, INS_MODEL_NAMES, build_cmc_model, build_ins_model, model_width
 from pretrained.encoder import DEFAULT_LAYER, PretrainedEncoder
 from views import VIEW_STATS, DeviceView, ViewStack, find_view
 from views.flags import LEGACY_VIEWS, file_channels, key_names
@@ -156,16 +156,6 @@ def _registered_channels(view, path):
         raise UserError(f'{path} does not record the channels of its view {view!r}; it is no checkpoint of ours '
                         f'or the reference\'s')
     return found.channels
-
-
-def model_width(model):
-    """The width multiplier of a --model: CMC resnet v1 0.5, v2 1, v3 2; InsDis / MoCo x2 2, x4 4; AlexNet 0.5 (the
-    half-width AlexNet of each view)."""
-    if model == 'alexnet':
-        return 0.5
-    if model in CMC_MODEL_NAMES:
-        return CMC_RESNET_WIDTHS[model[-2:]]
-    return float(model.partition('x')[2] or 1)
 
 
 def preprocessing(info, files=()):

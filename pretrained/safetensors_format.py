@@ -10,7 +10,7 @@ import json
 import torch
 
 from engine.errors import UserError
-from models import CMC_MODEL_NAMES, INS_MODEL_NAMES
+from models import CMC_MODEL_NAMES, INS_MODEL_NAMES, model_width
 
 FORMAT = 'cmc-encoder/1'
 REQUIRED = ('method', 'model', 'width', 'feat_dim', 'views', 'view_channels', 'preprocessing', 'feature_layer',
@@ -87,7 +87,6 @@ def _wrong_metadata(info):
 def _width_matches(info):
     """The recorded width is the model name's (torchvision export reads it): True also for an unknown model, which the
     model check refuses."""
-    from pretrained.load import model_width       # here: pretrained.load reads safetensors through this module
     known = info['model'] in CMC_MODEL_NAMES + INS_MODEL_NAMES
     return not known or info['width'] == model_width(info['model'])
 

@@ -48,24 +48,24 @@ def read_labels(data_folder):
         return list(csv.DictReader(f))
 
 
+def trained_classes(rows, labels):
+    """The classes of a label set (a labels.csv column) that have a train image: the only ones a probe can learn."""
+    return {row[labels] for row in rows if row['split'] == 'train'}
+
+
 def label_tree(data_folder, root, labels, val_style, rows):
     """A multiview_folder data set at ``root`` of symlinks into ``data_folder``: class folders named by ``labels``
     (a labels.csv column), every style's folder for both splits, and ``val/rgb`` holding ``val_style``'s images.
-    Val images of a class that train lacks are left out (a probe cannot learn it). Returns how many were left out."""
+    Val images of a class that train lacks are left out (``label_counts`` says how many)."""
     shutil.rmtree(root, ignore_errors=True)
-    trained = {row[labels] for row in rows if row['split'] == 'train'}
-    dropped = 0
-    for row in rows:
-        if row[labels] not in trained:
-            dropped += 1
-            continue
+    trained = trained_classes(rows, labels)
+    for row in (row for row in rows if row[labels] in trained):
         for style in STYLES:
             source = val_style if (row['split'], style) == ('val', 'rgb') else style
             folder = os.path.join(root, row['split'], style, row[labels])
             os.makedirs(folder, exist_ok=True)
             os.symlink(os.path.abspath(os.path.join(data_folder, row['split'], source, row['class'], row['file'])),
                        os.path.join(folder, row['file']))
-    return dropped
 
 
 def build_trees(data_folder, work, label_sets):
@@ -84,7 +84,7 @@ def build_trees(data_folder, work, label_sets):
 def label_counts(data_folder, labels):
     """(classes with a train image, val images of a class without one: left out of the evaluation) for a label set."""
     rows = read_labels(data_folder)
-    trained = {row[labels] for row in rows if row['split'] == 'train'}
+    trained = trained_classes(rows, labels)
     return len(trained), sum(row['split'] == 'val' and row[labels] not in trained for row in rows)
 
 
