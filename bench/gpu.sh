@@ -249,7 +249,7 @@ fi  # steps 1-5
 
 # ------------------------------------------------------------------------- 6. the styles finding, when asked
 # STYLES=1 (after the checks above) or STYLES=only (alone): one seed of the styles finding (scripts/findings_styles.sh,
-# issue #25: 10 pretraining runs on data/styles32, 40 epochs each, and the evaluation of 11 encoders), 4 runs side by
+# issue #25: 10 pretraining runs on data/styles32, 20 epochs each, and the evaluation of 11 encoders), 4 runs side by
 # side on the GPU, capped at 6 minutes; its table is printed with the summary.
 if [ -n "${STYLES:-}" ] && [ "${STYLES}" != 0 ]; then
   # shellcheck disable=SC2086

@@ -11,7 +11,8 @@ Each run pretrains with train_CMC.py on the bundled emoji set (the demo's recipe
 nce_k 1024, softmax, nce_t 0.1, lr 0.03), then evaluates the L encoder (and both views for the objective) with the
 kNN (k=200, t=0.07, layer-6 features) and the cached linear probe (layer 6, --bn, 30 epochs). Per-seed numbers are
 kept in results/findings_<section>.json, so seeds run later join the table (mean +- sd); each section of
-results/findings.md (between its markers) and results/findings_<section>.png are rewritten by their command.
+results/findings.md (between its markers) and results/findings_<section>.png are rewritten by their command;
+``--report`` rewrites them from the stored seeds alone (e.g. ``bash scripts/findings_styles.sh --report``).
 """
 import argparse
 import glob
@@ -36,8 +37,9 @@ VIEW_RUNS = [('2 views (L, ab)', ['L', 'ab'], 'core'), ('3 views (+S), core', ['
              ('3 views (+S), full', ['L', 'ab', 'S'], 'full'), ('4 views (+S, H), core', ['L', 'ab', 'S', 'H'], 'core'),
              ('4 views (+S, H), full', ['L', 'ab', 'S', 'H'], 'full')]
 OBJECTIVE_RUNS = [('contrastive', ['L', 'ab'], 'contrastive'), ('predictive', ['L', 'ab'], 'predictive')]
-EPOCHS = {'views': 8, 'objective': 20, 'protocol': 20, 'styles': 40}
+EPOCHS = {'views': 8, 'objective': 20, 'protocol': 20, 'styles': 20}
 PROBE_EPOCHS, AUGMENTED_PROBE_EPOCHS = 30, 10
+BASELINES = 'baselines without pretraining'         # styles: the stored rows of findings_styles.pixel_baselines
 
 
 def parse_args(argv=None):
@@ -45,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument('finding', choices=['views', 'objective', 'protocol', 'styles'])
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--epochs', type=int, default=None,
-                   help='pretraining epochs (default: views 8, objective 20, styles 40)')
+                   help='pretraining epochs (default: views 8, objective 20, styles 20)')
     p.add_argument('--checkpoint', default=None, help='protocol: an L | ab checkpoint to measure instead of '
                    'pretraining one (e.g. the objective finding\'s contrastive run, same recipe)')
     p.add_argument('--smoke', action='store_true', help='1 epoch everywhere, batch 8 (tests, with --dataset folder)')
@@ -55,6 +57,9 @@ def parse_args(argv=None):
                    help='styles: the label sets evaluated (class folders: the 9 categories; labels.csv: subcategory)')
     p.add_argument('--results', default=os.path.join(ROOT, 'results'), help='where findings.md, .json, .png go')
     p.add_argument('--work', default=None, help='checkpoints and logs (default /tmp/cmc_findings/<finding>)')
+    p.add_argument('--report', action='store_true', help='run nothing: rewrite the section of results/findings.md '
+                   'and its PNG from the seeds stored in results/findings_<finding>.json (styles: computing its pixel '
+                   'baselines first if they are not stored)')
     p.add_argument('--lanes', type=int, default=1, help='runs side by side, each on one thread (as the demo\'s lanes: '
                    'more work per core on 2 cores); 1: one run at a time on all threads, as the README\'s tables ran')
     args = p.parse_args(argv)
@@ -254,7 +259,9 @@ def styles_seed(args, seed):
         row = {**styles.evaluate(ckpt, name, trees, probe), 'minutes': minutes}
         say(f'seed {seed} {label}: {row}')
         return label, row
-    rows = dict(in_lanes(args, styles_run, styles.runs(args.smoke)))
+    chosen = styles.runs(args.smoke)
+    done = dict(in_lanes(args, styles_run, styles.by_cost(chosen)))
+    rows = {label: done[label] for label, *_ in chosen}
     rows['random init'] = styles.evaluate(random_encoder(args, seed), 'random', trees, probe)
     return rows
 
@@ -273,17 +280,35 @@ def main(argv=None):
         styles.read_labels(args.data_folder)        # a data set of build_styles_data.py, before any work
     store = os.path.join(args.results, f'findings_{args.finding}{"_smoke" if args.smoke else ""}.json')
     saved = json.load(open(store)) if os.path.isfile(store) else {}
+    if args.report and not seeds_of(args, saved):
+        from engine.errors import UserError
+        raise UserError(f'--report: {store} holds no seed at {args.epochs} epochs; run the finding without --report '
+                        f'first (or give the --epochs it ran)')
     t0 = time.time()
-    for seed in args.seeds:
+    if args.finding == 'styles' and BASELINES not in saved:
+        saved[BASELINES] = styles.pixel_baselines(args.data_folder, args.labels)
+        save(args, store, saved)
+    for seed in [] if args.report else args.seeds:
         key = f'seed {seed}, {args.epochs} epochs'
         t_seed = time.time()
         saved[key] = {'rows': run_seed(args, seed), 'minutes': 0.0}
         saved[key]['minutes'] = (time.time() - t_seed) / 60
-        os.makedirs(args.results, exist_ok=True)
-        with open(store, 'w') as f:
-            json.dump(saved, f, indent=1)
-        write_section(args, {k: v for k, v in saved.items() if k.endswith(f', {args.epochs} epochs')})
+        save(args, store, saved)
+        write_section(args, seeds_of(args, saved), saved.get(BASELINES))
+    if args.report:
+        write_section(args, seeds_of(args, saved), saved.get(BASELINES))
     say(f'done in {(time.time() - t0) / 60:.1f} min: {args.results}/findings.md')
+
+
+def seeds_of(args, saved):
+    """The stored seeds run at ``args.epochs``: {seed key: {'rows', 'minutes'}}."""
+    return {k: v for k, v in saved.items() if k.endswith(f', {args.epochs} epochs')}
+
+
+def save(args, store, saved):
+    os.makedirs(args.results, exist_ok=True)
+    with open(store, 'w') as f:
+        json.dump(saved, f, indent=1)
 
 
 if __name__ == '__main__':

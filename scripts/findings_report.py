@@ -49,14 +49,17 @@ def table(runs):
     return '\n'.join(lines)
 
 
-def write_section(args, runs):
-    """Rewrite this finding's section of findings.md and its PNG from ``runs`` ({seed key: {'rows', 'minutes'}})."""
+def write_section(args, runs, baselines=None):
+    """Rewrite this finding's section of findings.md and its PNG from ``runs`` ({seed key: {'rows', 'minutes'}});
+    ``baselines`` ({row: {metric: top-1}}, seed-free): a second table (the styles finding's)."""
     name = args.finding + ('_smoke' if args.smoke else '')
     minutes = [run['minutes'] for run in runs.values()]
     body = (f'## {TITLES[args.finding]}\n\n'
             f'Command: `{COMMANDS[args.finding]}` (seeds: `{SEEDED_COMMANDS[args.finding]}`). '
             f'{len(runs)} run(s): {", ".join(runs)}; wall time per seed {cell(minutes)} min (2-core CPU, float32).'
             f'{" SMOKE MODE: numbers mean nothing." if args.smoke else ""}{styles_note(args)}\n\n{table(runs)}\n\n'
+            f'{styles_gains(runs) if args.finding == "styles" else ""}'
+            f'{baseline_table(baselines, runs) if baselines else ""}'
             f'![{args.finding}](findings_{name}.png)\n')
     path = os.path.join(args.results, 'findings.md')
     text = open(path).read() if os.path.isfile(path) else '# Multiview findings at demo scale\n\n'
@@ -76,11 +79,63 @@ def styles_note(args):
     if args.finding != 'styles':
         return ''
     counts = {labels: styles.label_counts(args.data_folder, labels) for labels in args.labels}
-    sets = '; '.join(f'{labels}: {n} classes' + (f' ({left} val images of classes without a train image left out)'
-                                                  if left else '') for labels, (n, left) in counts.items())
-    return (f' Data: {args.data_folder}, {styles.IMAGE_SIZE} px, {args.epochs} epochs. Label sets: {sets}. The L '
+    def left_out(n):
+        return f' ({n} val image{"s" * (n != 1)} of classes without a train image left out)' if n else ''
+    sets = '; '.join(f'{labels}: {n} classes{left_out(left)}' for labels, (n, left) in counts.items())
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    inside = os.path.abspath(args.data_folder).startswith(repo + os.sep)
+    folder = os.path.relpath(args.data_folder, repo) if inside else args.data_folder
+    return (f' Data: {folder}, {styles.IMAGE_SIZE} px, {args.epochs} epochs. Label sets: {sets}. The L '
             f'encoder is evaluated; "probe on Fluent / OpenMoji val": the category probe trained on Google\'s train '
             f'features, tested on that style\'s val images through the same L encoder.')
+
+
+def baseline_table(baselines, runs):
+    """The rows without pretraining (no seed, so one number each), in the columns of ``runs``' table."""
+    labels = list(next(iter(runs.values()))['rows'])
+    seeds = list(runs.values())
+    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    lines = ['Without pretraining (no seed): the majority class and raw L pixels (the kNN above; the demo\'s '
+             'cross-validated logistic regression, `pretrained/linear_eval.py`, for the probe columns).', '',
+             '| baseline | ' + ' | '.join(LABELS[m] for m in metrics) + ' |', '|---|' + '---:|' * len(metrics)]
+    for name, row in baselines.items():
+        lines.append(f'| {name} | ' + ' | '.join(f'{row[m]:.1f}' if m in row else '' for m in metrics) + ' |')
+    return '\n'.join(lines) + '\n\n'
+
+
+def gain_cell(differences):
+    """Paired differences over seeds as 'mean +- sd (mean/sd sd, positive/n)': how far a gain stands out of the
+    seed-to-seed spread of that same gain, and on how many seeds it is a gain at all."""
+    mean = statistics.mean(differences)
+    positive = f'{sum(d > 0 for d in differences)}/{len(differences)}'
+    if len(differences) < 2:
+        return f'{mean:+.1f} ({positive})'
+    sd = statistics.stdev(differences)
+    ratio = f'{mean / sd:.1f} sd' if sd > 0 else 'sd 0'
+    return f'{mean:+.1f} +- {sd:.1f} ({ratio}, {positive})'
+
+
+def styles_gains(runs):
+    """The styles finding's question in one table: each run with added views minus the same objective's 2-view
+    (L, ab) run, seed by seed (paired: the same seed's data order and initialisation), per metric."""
+    seeds = list(runs.values())
+    labels = list(seeds[0]['rows'])
+    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    lines = ['Gain over the same objective\'s 2 views (L, ab), paired by seed: mean +- sd of the per-seed '
+             'differences (the mean in units of that sd; seeds on which it is a gain).', '',
+             '| run | ' + ' | '.join(LABELS[m] for m in metrics) + ' |', '|---|' + '---:|' * len(metrics)]
+    for label in labels:
+        objective = label.split(',')[0]
+        base = f'{objective}, L, ab'
+        if label == base or base not in labels:
+            continue
+        cells = []
+        for metric in metrics:
+            pairs = [(s['rows'][label][metric], s['rows'][base][metric]) for s in seeds
+                     if metric in s['rows'].get(label, {}) and metric in s['rows'].get(base, {})]
+            cells.append(gain_cell([a - b for a, b in pairs]) if pairs else '')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n\n'
 
 
 def plot(path, runs):

@@ -36,6 +36,17 @@ def runs(smoke=False):
             for objective in OBJECTIVES for label, views, paradigm in chosen]
 
 
+def by_cost(chosen):
+    """``chosen`` (rows of ``runs``) longest first, so that lanes taking the next run as one frees end together.
+    Seconds an epoch at 32 px, one thread each of two lanes: contrastive 4-8, predictive 10 (L, ab) to about 44
+    (4 views, full: 12 decoders at full resolution); the predictive objective and more decoders cost more."""
+    def decoders(run):
+        _, views, paradigm, objective = run
+        pairs = len(views) * (len(views) - 1) if paradigm == 'full' else 2 * (len(views) - 1)
+        return (objective == 'predictive', pairs, len(views))
+    return sorted(chosen, key=decoders, reverse=True)
+
+
 def read_labels(data_folder):
     """labels.csv's rows as dicts (split, class, file, unified, category, subcategory); a missing file is an error
     that says how to build the data set."""
@@ -110,6 +121,54 @@ def l_knn(ckpt_path, tree):
         width = x.shape[1] // len(views)
         feats[split] = x[:, part * width:(part + 1) * width], y
     return fm.knn_top1(*feats['train'], *feats['val'], len(sets['train'].classes))
+
+
+def l_pixels(data_folder, rows, style):
+    """N x (32 * 32) float64: each row's image of ``style`` as CIE L (scikit-image's rgb2lab, 0-100), flattened: the
+    input the L encoder sees, before its normalisation (which the baselines' standardisation makes moot)."""
+    import numpy as np
+    from PIL import Image
+    from skimage.color import rgb2lab
+    out = []
+    for row in rows:
+        with Image.open(os.path.join(data_folder, row['split'], style, row['class'], row['file'])) as image:
+            out.append(rgb2lab(np.asarray(image.convert('RGB')))[..., 0].ravel())
+    return np.stack(out)
+
+
+def pixel_baselines(data_folder, label_sets):
+    """What the pretrained L encoders must beat, with no pretraining and no seed: {row: {metric: top-1}}.
+
+    'majority class': train's largest class, predicted for every val image (the same in every column).
+    'raw L pixels': the 32 x 32 L values standardised with train's mean and sd; the kNN of the encoders' table on
+    them (k=200, t=0.07, cosine), and the demo's cross-validated logistic regression (pretrained/linear_eval.py: C
+    chosen on train folds, mean over its 3 probe seeds), trained on Google's train images and tested on each style's
+    val images. Subcategories get no probe: two of them have one train image, too few to cross-validate."""
+    import numpy as np
+    import torch
+    from pretrained import feature_map as fm
+    from pretrained import linear_eval
+    rows = read_labels(data_folder)
+    majority, pixels = {}, {}
+    for labels in label_sets:
+        trained = sorted(trained_classes(rows, labels))
+        index = {name: i for i, name in enumerate(trained)}
+        train = [row for row in rows if row['split'] == 'train']
+        val = [row for row in rows if row['split'] == 'val' and row[labels] in index]
+        train_y = np.array([index[row[labels]] for row in train])
+        val_y = np.array([index[row[labels]] for row in val])
+        train_l = l_pixels(data_folder, train, 'rgb')                    # N x 1024
+        train_x, val_x = linear_eval.standardise(train_l, l_pixels(data_folder, val, 'rgb'))
+        top = 100 * float(np.mean(val_y == np.bincount(train_y).argmax()))
+        majority[metric(labels, 'rgb', 'knn')] = top
+        pixels[metric(labels, 'rgb', 'knn')] = fm.knn_top1(torch.from_numpy(train_x).float(), train_y,
+                                                           torch.from_numpy(val_x).float(), val_y, len(trained))
+        for style in (STYLES if labels == 'category' else STYLES[:1]):
+            majority[metric(labels, style, 'probe')] = top
+            if labels == 'category':
+                pixels[metric(labels, style, 'probe')] = linear_eval.probe(
+                    train_l, train_y, l_pixels(data_folder, val, style), val_y)['mean']
+    return {'majority class': majority, 'raw L pixels': pixels}
 
 
 def evaluate(ckpt_path, name, trees, probe):

@@ -74,6 +74,16 @@ def test_a_data_set_without_labels_csv_is_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and 'labels.csv' in lines[0]
     assert 'build_styles_data.py' in lines[0] and not (tmp_path / 'r').exists()
+    os.makedirs(tmp_path / 'r')
+    (tmp_path / 'r' / 'findings.md').write_text('kept\n')
+    make_styles_folder(tmp_path / 'styles')                 # labels.csv back: --report of no stored seed
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'findings.py'), 'styles', '--report',
+                           '--data_folder', str(data), '--results', str(tmp_path / 'r')],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: --report: ')
+    assert 'no seed at 20 epochs' in lines[0]
+    assert os.listdir(tmp_path / 'r') == ['findings.md'] and (tmp_path / 'r' / 'findings.md').read_text() == 'kept\n'
 
 
 def test_styles_finding_smoke(tmp_path):
@@ -84,7 +94,8 @@ def test_styles_finding_smoke(tmp_path):
                           capture_output=True, text=True, timeout=900, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stored = json.load(open(results / 'findings_styles_smoke.json'))
-    (rows,) = [seed['rows'] for seed in stored.values()]
+    assert sorted(stored) == ['baselines without pretraining', 'seed 0, 1 epochs']
+    rows = stored['seed 0, 1 epochs']['rows']
     assert list(rows) == [label for label, *_ in styles.runs(smoke=True)] + ['random init']
     metrics = ['knn L', 'probe L', 'probe L -> fluent', 'probe L -> openmoji', 'knn L subcategory',
                'probe L subcategory']
@@ -98,6 +109,82 @@ def test_styles_finding_smoke(tmp_path):
         assert abs(row['probe L subcategory'] * 5 / 100 - round(row['probe L subcategory'] * 5 / 100)) < 1e-6
     text = open(results / 'findings.md').read()
     assert 'SMOKE MODE' in text and '| random init |' in text and 'probe on OpenMoji val (L)' in text
-    assert 'subcategory: 6 classes (1 val images of classes without a train image left out)' in text
+    assert 'subcategory: 6 classes (1 val image of classes without a train image left out)' in text
+    gains = text.split('Gain over')[1]                 # one seed: the paired difference alone, no sd
+    assert '| contrastive, +fluent, core |' in gains and '| predictive, +fluent, core |' in gains
+    assert '/1) |' in gains and '| random init |' not in gains
     with Image.open(results / 'findings_styles_smoke.png') as image:
         assert image.format == 'PNG' and image.size[0] > image.size[1]
+    baselines = text.split('Without pretraining')[1]
+    assert abs(stored['baselines without pretraining']['majority class']['knn L'] - 100 * 2 / 6) < 1e-9
+    assert '| majority class | 33.3 | 33.3 |' in baselines and '| raw L pixels |' in baselines
+    # --report rewrites the section from the store alone: the same text, nothing trained
+    os.remove(results / 'findings.md')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'findings.py'), 'styles', '--smoke',
+                           '--report', '--data_folder', str(data), '--results', str(results), '--work', '/nonexistent'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert open(results / 'findings.md').read() == text and not os.path.exists('/nonexistent')
+
+
+def test_lanes_take_the_costliest_runs_first_and_the_table_keeps_its_order():
+    chosen = styles.runs()
+    ordered = styles.by_cost(chosen)
+    assert sorted(ordered) == sorted(chosen)                      # the same ten runs, none lost or repeated
+    # predictive decoders: full graph n(n-1) (4 views: 12), core view 2(n-1) (4 views: 6, 3 views: 4, 2 views: 2)
+    assert [label for label, *_ in ordered] == [
+        'predictive, +fluent, openmoji, full', 'predictive, +fluent, openmoji, core', 'predictive, +fluent, full',
+        'predictive, +fluent, core', 'predictive, L, ab',
+        'contrastive, +fluent, openmoji, full', 'contrastive, +fluent, openmoji, core', 'contrastive, +fluent, full',
+        'contrastive, +fluent, core', 'contrastive, L, ab']
+
+
+def test_gains_are_paired_by_seed_against_the_same_objectives_two_views():
+    import findings_report
+    knn = {'contrastive, L, ab': (40.0, 50.0, 45.0), 'contrastive, +fluent, core': (44.0, 53.0, 50.0),
+           'predictive, L, ab': (30.0, 30.0, 30.0), 'predictive, +fluent, core': (29.0, 31.0, 28.0),
+           'random init': (20.0, 20.0, 20.0)}
+    runs = {f'seed {k}, 20 epochs': {'rows': {label: {'knn L': v[k]} for label, v in knn.items()}, 'minutes': 1.0}
+            for k in range(3)}
+    lines = findings_report.styles_gains(runs).strip().splitlines()
+    rows = {line.split(' | ')[0][2:]: line.split(' | ')[1].rstrip(' |') for line in lines if line.startswith('| ')}
+    # contrastive differences 4, 3, 5: mean 4, sample sd 1, so 4.0 sd; all three positive
+    assert rows['contrastive, +fluent, core'] == '+4.0 +- 1.0 (4.0 sd, 3/3)'
+    # predictive differences -1, 1, -2: mean -2/3, sd sqrt(((-1/3)^2 + (5/3)^2 + (4/3)^2) / 2) = sqrt(7/3) = 1.53
+    assert rows['predictive, +fluent, core'] == '-0.7 +- 1.5 (-0.4 sd, 1/3)'
+    assert set(rows) == {'run', 'contrastive, +fluent, core', 'predictive, +fluent, core'}   # no base, no random
+    assert findings_report.gain_cell([2.0, 2.0]) == '+2.0 +- 0.0 (sd 0, 2/2)'
+
+
+def test_pixel_baselines_against_formulas_written_out(tmp_path):
+    from skimage.color import rgb2lab
+    data = make_styles_folder(tmp_path / 'styles')
+    base = styles.pixel_baselines(str(data), styles.LABEL_SETS)
+    majority, pixels = base['majority class'], base['raw L pixels']
+    # balanced train (4 per category): the first class, Animals, 2 of the 6 val images; subcategories: train has
+    # 1 '-a' and 3 '-b' per class, so 'Animals-b' (first of the largest); val keeps 5 images (not 'lonely'), one each
+    assert majority['probe L'] == majority['knn L'] == majority['probe L -> openmoji']
+    assert abs(majority['probe L'] - 100 * 2 / 6) < 1e-9
+    assert majority['probe L subcategory'] == majority['knn L subcategory']
+    assert abs(majority['knn L subcategory'] - 100 * 1 / 5) < 1e-9
+
+    def l_of(split):              # walks the folders (not labels.csv): L of CIE Lab, flattened, class by folder
+        x, y = [], []
+        for c, name in enumerate(CLASSES):
+            folder = data / split / 'rgb' / name
+            for file in sorted(os.listdir(folder)):
+                x.append(rgb2lab(np.asarray(Image.open(folder / file).convert('RGB')))[..., 0].ravel())
+                y.append(c)
+        return np.array(x), np.array(y)
+    (train_x, train_y), (val_x, val_y) = l_of('train'), l_of('val')
+    mean, sd = train_x.mean(0), train_x.std(0)
+    sd[sd == 0] = 1
+    a, b = (train_x - mean) / sd, (val_x - mean) / sd
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    votes = np.exp(b @ a.T / 0.07) @ np.eye(3)[train_y]          # k = 200 > 12: every train image votes
+    assert abs(pixels['knn L'] - 100 * np.mean(votes.argmax(1) == val_y)) < 1e-9
+    assert 'probe L subcategory' not in pixels and 'knn L subcategory' in pixels
+    # the probe: fluent's val images are rgb's, so the same fitted probe scores the same on them
+    assert pixels['probe L -> fluent'] == pixels['probe L']
+    assert all(abs(pixels[m] * 18 / 100 - round(pixels[m] * 18 / 100)) < 1e-6       # mean of 3 seeds on 6 images
+               for m in ('probe L', 'probe L -> openmoji'))
