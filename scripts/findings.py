@@ -43,7 +43,8 @@ BASELINES = 'baselines without pretraining'         # styles: the stored rows of
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    from engine.flags import ArgumentParser
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('finding', choices=['views', 'objective', 'protocol', 'styles'])
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--epochs', type=int, default=None,
@@ -65,7 +66,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.lanes < 1 or (args.smoke and args.lanes > 1):
         p.error('--lanes must be at least 1, and 1 with --smoke (its runs share this process)')
-    args.epochs = args.epochs or (1 if args.smoke else EPOCHS[args.finding])
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f'--epochs {args.epochs}: give at least 1')
+    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else EPOCHS[args.finding])
     args.work = args.work or os.path.join('/tmp/cmc_findings', args.finding)
     args.image_size = 64
     if args.finding == 'styles':
@@ -285,24 +288,33 @@ def main(argv=None):
         raise UserError(f'--report: {store} holds no seed at {args.epochs} epochs; run the finding without --report '
                         f'first (or give the --epochs it ran)')
     t0 = time.time()
-    if args.finding == 'styles' and BASELINES not in saved:
-        saved[BASELINES] = styles.pixel_baselines(args.data_folder, args.labels)
-        save(args, store, saved)
+    if args.finding == 'styles':
+        baselines_of(args, store, saved)
     for seed in [] if args.report else args.seeds:
         key = f'seed {seed}, {args.epochs} epochs'
         t_seed = time.time()
         saved[key] = {'rows': run_seed(args, seed), 'minutes': 0.0}
         saved[key]['minutes'] = (time.time() - t_seed) / 60
         save(args, store, saved)
-        write_section(args, seeds_of(args, saved), saved.get(BASELINES))
+        write_section(args, seeds_of(args, saved), saved.get(BASELINES, {}).get('rows'))
     if args.report:
-        write_section(args, seeds_of(args, saved), saved.get(BASELINES))
+        write_section(args, seeds_of(args, saved), saved.get(BASELINES, {}).get('rows'))
     say(f'done in {(time.time() - t0) / 60:.1f} min: {args.results}/findings.md')
 
 
 def seeds_of(args, saved):
     """The stored seeds run at ``args.epochs``: {seed key: {'rows', 'minutes'}}."""
     return {k: v for k, v in saved.items() if k.endswith(f', {args.epochs} epochs')}
+
+
+def baselines_of(args, store, saved):
+    """The styles finding's pixel baselines, stored with what they were computed from (the data folder, the label
+    sets, the image size) and recomputed when any of those differs."""
+    made_from = {'data_folder': styles.shown_path(args.data_folder), 'labels': sorted(args.labels),
+                 'image_size': styles.IMAGE_SIZE}
+    if {k: v for k, v in saved.get(BASELINES, {}).items() if k != 'rows'} != made_from:
+        saved[BASELINES] = {**made_from, 'rows': styles.pixel_baselines(args.data_folder, args.labels)}
+        save(args, store, saved)
 
 
 def save(args, store, saved):

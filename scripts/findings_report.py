@@ -79,15 +79,13 @@ def styles_note(args):
     if args.finding != 'styles':
         return ''
     counts = {labels: styles.label_counts(args.data_folder, labels) for labels in args.labels}
+
     def left_out(n):
         return f' ({n} val image{"s" * (n != 1)} of classes without a train image left out)' if n else ''
     sets = '; '.join(f'{labels}: {n} classes{left_out(left)}' for labels, (n, left) in counts.items())
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    inside = os.path.abspath(args.data_folder).startswith(repo + os.sep)
-    folder = os.path.relpath(args.data_folder, repo) if inside else args.data_folder
-    return (f' Data: {folder}, {styles.IMAGE_SIZE} px, {args.epochs} epochs. Label sets: {sets}. The L '
-            f'encoder is evaluated; "probe on Fluent / OpenMoji val": the category probe trained on Google\'s train '
-            f'features, tested on that style\'s val images through the same L encoder.')
+    return (f' Data: {styles.shown_path(args.data_folder)}, {styles.IMAGE_SIZE} px, {args.epochs} epochs. '
+            f'Label sets: {sets}. The L encoder is evaluated; "probe on Fluent / OpenMoji val": the category probe '
+            f'trained on Google\'s train features, tested on that style\'s val images through the same L encoder.')
 
 
 def baseline_table(baselines, runs):
@@ -95,8 +93,9 @@ def baseline_table(baselines, runs):
     labels = list(next(iter(runs.values()))['rows'])
     seeds = list(runs.values())
     metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
-    lines = ['Without pretraining (no seed): the majority class and raw L pixels (the kNN above; the demo\'s '
-             'cross-validated logistic regression, `pretrained/linear_eval.py`, for the probe columns).', '',
+    lines = ['Without pretraining (no seed): the majority class, and L pixels of the encoders\' crop, each pixel '
+             'standardised with train\'s mean and sd (the kNN above; the demo\'s cross-validated logistic regression, '
+             '`pretrained/linear_eval.py`, in the probe columns).', '',
              '| baseline | ' + ' | '.join(LABELS[m] for m in metrics) + ' |', '|---|' + '---:|' * len(metrics)]
     for name, row in baselines.items():
         lines.append(f'| {name} | ' + ' | '.join(f'{row[m]:.1f}' if m in row else '' for m in metrics) + ' |')

@@ -27,6 +27,7 @@ STYLES = ('rgb', 'fluent', 'openmoji')
 LABEL_SETS = ('category', 'subcategory')
 DATA_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'styles32')
 IMAGE_SIZE = 32
+COLUMNS = ('split', 'class', 'file', 'unified', 'category', 'subcategory')
 
 
 def runs(smoke=False):
@@ -38,7 +39,7 @@ def runs(smoke=False):
 
 def by_cost(chosen):
     """``chosen`` (rows of ``runs``) longest first, so that lanes taking the next run as one frees end together.
-    Seconds an epoch at 32 px, one thread each of two lanes: contrastive 4-8, predictive 10 (L, ab) to about 44
+    Seconds an epoch at 32 px, one thread each of two lanes: contrastive 4-8, predictive 10 (L, ab) to about 40
     (4 views, full: 12 decoders at full resolution); the predictive objective and more decoders cost more."""
     def decoders(run):
         _, views, paradigm, objective = run
@@ -56,7 +57,19 @@ def read_labels(data_folder):
         raise UserError(f'{path} not found: the styles finding reads a data set of scripts/build_styles_data.py '
                         f'(python scripts/build_styles_data.py --out {data_folder} --size 32 --npm_pack)')
     with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    missing = [c for c in COLUMNS if rows and c not in rows[0]] or ([] if rows else ['any row'])
+    if missing:
+        raise UserError(f'{path} lacks {", ".join(missing)}: not a labels.csv of scripts/build_styles_data.py '
+                        f'(columns {", ".join(COLUMNS)}); rebuild the data set')
+    return rows
+
+
+def shown_path(folder):
+    """``folder`` relative to the repository when inside it (what results and their JSON record), else absolute."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.realpath(folder)
+    return os.path.relpath(folder, repo) if folder.startswith(os.path.realpath(repo) + os.sep) else folder
 
 
 def trained_classes(rows, labels):
@@ -124,15 +137,24 @@ def l_knn(ckpt_path, tree):
 
 
 def l_pixels(data_folder, rows, style):
-    """N x (32 * 32) float64: each row's image of ``style`` as CIE L (scikit-image's rgb2lab, 0-100), flattened: the
-    input the L encoder sees, before its normalisation (which the baselines' standardisation makes moot)."""
+    """N x (32 * 32) float64: each row's image of ``style`` through the encoders' evaluation crop
+    (``eval_transform(32)``: resize to 37, centre crop 32) as CIE L (scikit-image's rgb2lab, 0-100), flattened: the
+    input the L encoder sees, before its normalisation. A missing or unreadable image is a UserError."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     from skimage.color import rgb2lab
-    out = []
+    from engine.errors import UserError
+    from inputs.transforms import eval_transform
+    crop, out = eval_transform(IMAGE_SIZE), []
     for row in rows:
-        with Image.open(os.path.join(data_folder, row['split'], style, row['class'], row['file'])) as image:
-            out.append(rgb2lab(np.asarray(image.convert('RGB')))[..., 0].ravel())
+        path = os.path.join(data_folder, row['split'], style, row['class'], row['file'])
+        try:
+            with Image.open(path) as image:
+                rgb = crop(image.convert('RGB')).permute(1, 2, 0).numpy()        # 32 x 32 x 3 uint8
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f'{path}: {e.strerror or e} (labels.csv names it); rebuild the data set with '
+                            f'scripts/build_styles_data.py') from None
+        out.append(rgb2lab(rgb)[..., 0].ravel())
     return np.stack(out)
 
 
@@ -140,10 +162,13 @@ def pixel_baselines(data_folder, label_sets):
     """What the pretrained L encoders must beat, with no pretraining and no seed: {row: {metric: top-1}}.
 
     'majority class': train's largest class, predicted for every val image (the same in every column).
-    'raw L pixels': the 32 x 32 L values standardised with train's mean and sd; the kNN of the encoders' table on
-    them (k=200, t=0.07, cosine), and the demo's cross-validated logistic regression (pretrained/linear_eval.py: C
+    'standardised L pixels': the 32 x 32 L values of the encoders' evaluation crop (``l_pixels``), each pixel
+    standardised with train's mean and sd (the encoders' features go to the kNN as they are: cosine is blind to their
+    scale, not to an offset shared by all images, and raw pixels share a large one); the kNN of the encoders' table
+    on them (k=200, t=0.07, cosine), and the demo's cross-validated logistic regression (pretrained/linear_eval.py: C
     chosen on train folds, mean over its 3 probe seeds), trained on Google's train images and tested on each style's
-    val images. Subcategories get no probe: two of them have one train image, too few to cross-validate."""
+    val images. A label set with a class of one train image (the subcategories) gets no probe: too few to
+    cross-validate."""
     import numpy as np
     import torch
     from pretrained import feature_map as fm
@@ -165,10 +190,10 @@ def pixel_baselines(data_folder, label_sets):
                                                            torch.from_numpy(val_x).float(), val_y, len(trained))
         for style in (STYLES if labels == 'category' else STYLES[:1]):
             majority[metric(labels, style, 'probe')] = top
-            if labels == 'category':
+            if np.bincount(train_y).min() >= 2:
                 pixels[metric(labels, style, 'probe')] = linear_eval.probe(
                     train_l, train_y, l_pixels(data_folder, val, style), val_y)['mean']
-    return {'majority class': majority, 'raw L pixels': pixels}
+    return {'majority class': majority, 'standardised L pixels': pixels}
 
 
 def evaluate(ckpt_path, name, trees, probe):

@@ -5,4 +5,6 @@
 # SEEDS="0 1 2" bash scripts/findings_styles.sh   repeats over seeds; extra arguments go to scripts/findings.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python scripts/findings.py styles --lanes 2 --seeds ${SEEDS:-0} "$@"
+lanes=2
+for arg in "$@"; do [ "$arg" = --smoke ] && lanes=1; done     # a smoke run's scripts share one process
+exec .venv/bin/python scripts/findings.py styles --lanes "$lanes" --seeds ${SEEDS:-0} "$@"
