@@ -289,12 +289,15 @@ def main(argv=None):
                         f'first (or give the --epochs it ran)')
     t0 = time.time()
     if args.finding == 'styles':
+        same_data(args, store, saved)
         baselines_of(args, store, saved)
     for seed in [] if args.report else args.seeds:
         key = f'seed {seed}, {args.epochs} epochs'
         t_seed = time.time()
         saved[key] = {'rows': run_seed(args, seed), 'minutes': 0.0}
         saved[key]['minutes'] = (time.time() - t_seed) / 60
+        if args.finding == 'styles':
+            saved[key]['data_folder'] = styles.shown_path(args.data_folder)
         save(args, store, saved)
         write_section(args, seeds_of(args, saved), saved.get(BASELINES, {}).get('rows'))
     if args.report:
@@ -305,6 +308,17 @@ def main(argv=None):
 def seeds_of(args, saved):
     """The stored seeds run at ``args.epochs``: {seed key: {'rows', 'minutes'}}."""
     return {k: v for k, v in saved.items() if k.endswith(f', {args.epochs} epochs')}
+
+
+def same_data(args, store, saved):
+    """The styles finding's stored seeds must come from ``--data_folder``: a table of seeds from two data sets, or
+    of one data set's seeds beside another's baselines, is a UserError (another --results keeps them apart)."""
+    from engine.errors import UserError
+    here = styles.shown_path(args.data_folder)
+    other = sorted({v['data_folder'] for v in seeds_of(args, saved).values() if v.get('data_folder', here) != here})
+    if other:
+        raise UserError(f'{store} holds seeds trained on {", ".join(other)}, not --data_folder {here}: give that '
+                        f'--data_folder, or another --results for this data set')
 
 
 def baselines_of(args, store, saved):

@@ -166,6 +166,14 @@ def test_styles_finding_smoke(tmp_path):
     baselines = text.split('Without pretraining')[1]
     assert abs(stored['baselines without pretraining']['rows']['majority class']['knn L'] - 100 * 2 / 6) < 1e-9
     assert '| majority class | 33.3 | 33.3 |' in baselines and '| standardised L pixels |' in baselines
+    assert stored['seed 0, 1 epochs']['data_folder'] == os.path.realpath(data)
+    other = make_styles_folder(tmp_path / 'other')        # its seeds' data, not another data set's: one error line
+    before = open(results / 'findings_styles_smoke.json').read()
+    for flags in (['--report'], []):
+        line = one_error_line(['--smoke', *flags, '--data_folder', str(other), '--results', str(results),
+                               '--work', str(tmp_path / 'work2')])
+        assert f'seeds trained on {os.path.realpath(data)}, not --data_folder {os.path.realpath(other)}' in line
+    assert open(results / 'findings_styles_smoke.json').read() == before and not (tmp_path / 'work2').exists()
     # --report rewrites the section from the store alone: the same text, nothing trained
     os.remove(results / 'findings.md')
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'findings.py'), 'styles', '--smoke',
