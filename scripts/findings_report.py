@@ -34,11 +34,18 @@ def cell(values):
     return f'{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}'
 
 
+def measured(seeds, labels, minutes=False):
+    """The metrics (LABELS' keys, in its order) that some stored seed holds for some run label; 'minutes' only when
+    asked (the plots and the gains leave it out)."""
+    return [m for m in LABELS if (minutes or m != 'minutes')
+            and any(m in s['rows'].get(label, {}) for s in seeds for label in labels)]
+
+
 def table(runs):
     """Markdown table: one row per run label, one column per metric, mean +- sd over the stored seeds."""
     seeds = list(runs.values())
     labels = list(seeds[0]['rows'])
-    metrics = [m for m in LABELS if any(m in seed['rows'][label] for seed in seeds for label in labels)]
+    metrics = measured(seeds, labels, minutes=True)
     lines = ['| run | ' + ' | '.join(LABELS[m] for m in metrics) + ' |', '|---|' + '---:|' * len(metrics)]
     for label in labels:
         cells = []
@@ -92,7 +99,7 @@ def baseline_table(baselines, runs):
     """The rows without pretraining (no seed, so one number each), in the columns of ``runs``' table."""
     labels = list(next(iter(runs.values()))['rows'])
     seeds = list(runs.values())
-    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    metrics = measured(seeds, labels)
     lines = ['Without pretraining (no seed): the majority class, and L pixels of the encoders\' crop, each pixel '
              'standardised with train\'s mean and sd (the kNN above; the demo\'s cross-validated logistic regression, '
              '`pretrained/linear_eval.py`, in the probe columns).', '',
@@ -119,7 +126,7 @@ def styles_gains(runs):
     (L, ab) run, seed by seed (paired: the same seed's data order and initialisation), per metric."""
     seeds = list(runs.values())
     labels = list(seeds[0]['rows'])
-    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    metrics = measured(seeds, labels)
     lines = ['Gain over the same objective\'s 2 views (L, ab), paired by seed: mean +- sd of the per-seed '
              'differences (the mean in units of that sd; seeds on which it is a gain).', '',
              '| run | ' + ' | '.join(LABELS[m] for m in metrics) + ' |', '|---|' + '---:|' * len(metrics)]
@@ -144,7 +151,7 @@ def plot(path, runs):
     import matplotlib.pyplot as plt
     seeds = list(runs.values())
     labels = list(seeds[0]['rows'])
-    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    metrics = measured(seeds, labels)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
     width = 0.8 / len(metrics)
     for k, metric in enumerate(metrics):
@@ -169,7 +176,7 @@ def plot_styles(path, runs):
     import matplotlib.pyplot as plt
     seeds = list(runs.values())
     labels = list(seeds[0]['rows'])
-    metrics = [m for m in LABELS if m != 'minutes' and any(m in s['rows'][label] for s in seeds for label in labels)]
+    metrics = measured(seeds, labels)
     rows = 2 if len(metrics) > 3 else 1
     cols = -(-len(metrics) // rows)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)

@@ -174,16 +174,17 @@ def pixel_baselines(data_folder, label_sets):
     from pretrained import feature_map as fm
     from pretrained import linear_eval
     rows = read_labels(data_folder)
+    train = [row for row in rows if row['split'] == 'train']
+    train_l = l_pixels(data_folder, train, 'rgb')                        # N x 1024, the same for every label set
     majority, pixels = {}, {}
     for labels in label_sets:
         trained = sorted(trained_classes(rows, labels))
         index = {name: i for i, name in enumerate(trained)}
-        train = [row for row in rows if row['split'] == 'train']
         val = [row for row in rows if row['split'] == 'val' and row[labels] in index]
         train_y = np.array([index[row[labels]] for row in train])
         val_y = np.array([index[row[labels]] for row in val])
-        train_l = l_pixels(data_folder, train, 'rgb')                    # N x 1024
-        train_x, val_x = linear_eval.standardise(train_l, l_pixels(data_folder, val, 'rgb'))
+        val_l = {'rgb': l_pixels(data_folder, val, 'rgb')}                # M x 1024 per style read
+        train_x, val_x = linear_eval.standardise(train_l, val_l['rgb'])
         top = 100 * float(np.mean(val_y == np.bincount(train_y).argmax()))
         majority[metric(labels, 'rgb', 'knn')] = top
         pixels[metric(labels, 'rgb', 'knn')] = fm.knn_top1(torch.from_numpy(train_x).float(), train_y,
@@ -191,8 +192,8 @@ def pixel_baselines(data_folder, label_sets):
         for style in (STYLES if labels == 'category' else STYLES[:1]):
             majority[metric(labels, style, 'probe')] = top
             if np.bincount(train_y).min() >= 2:
-                pixels[metric(labels, style, 'probe')] = linear_eval.probe(
-                    train_l, train_y, l_pixels(data_folder, val, style), val_y)['mean']
+                style_l = val_l[style] if style in val_l else l_pixels(data_folder, val, style)
+                pixels[metric(labels, style, 'probe')] = linear_eval.probe(train_l, train_y, style_l, val_y)['mean']
     return {'majority class': majority, 'standardised L pixels': pixels}
 
 
